@@ -1,0 +1,188 @@
+"""What every task shares: device, seeding, model registry, self-describing checkpoints."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import random
+from argparse import Namespace
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from data_provider.data_factory import data_provider
+from models import MODEL_REGISTRY
+from utils.tools import atomic_save
+
+log = logging.getLogger("tsdiff")
+
+# Arguments that determine a model's shapes or meaning: a checkpoint must agree on all of them.
+ARCH_ARGS = (
+    "model", "features", "enc_in", "dec_in", "c_out", "seq_len", "pred_len", "d_model",
+    "n_heads", "e_layers", "d_ff", "factor", "activation", "embed", "freq",
+)  # fmt: skip
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used with these arguments; the message says why."""
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (seeds legacy global users, e.g. sklearn)
+    torch.manual_seed(seed)
+
+
+def select_device(args: Namespace) -> torch.device:
+    """CUDA when asked for and present, else CPU: no flag is needed on a CPU-only machine."""
+    if args.use_gpu and torch.cuda.is_available():
+        index = int(os.environ.get("LOCAL_RANK", args.gpu)) if args.use_multi_gpu else args.gpu
+        return torch.device(f"cuda:{index}")
+    return torch.device("cpu")
+
+
+def setting_name(args: Namespace, ii: int) -> str:
+    """TSLib-style run name; the folder under --checkpoints, --results and --test_results."""
+    return (
+        f"{args.task_name}_{args.model_id}_{args.model}_{args.data}_ft{args.features}"
+        f"_sl{args.seq_len}_ll{args.label_len}_pl{args.pred_len}_dm{args.d_model}"
+        f"_nh{args.n_heads}_el{args.e_layers}_df{args.d_ff}_fc{args.factor}"
+        f"_eb{args.embed}_{args.des}_{ii}"
+    )
+
+
+class Exp_Basic:
+    supported_models: tuple[str, ...] = tuple(MODEL_REGISTRY)
+
+    def __init__(self, args: Namespace):
+        if args.model not in self.supported_models:
+            raise ValueError(
+                f"--model {args.model} cannot run --task_name {args.task_name}; "
+                f"choose from {', '.join(self.supported_models)}"
+            )
+        self.args = args
+        self.device = select_device(args)
+        log.info("Use %s", self.device)
+        self.model = self._build_model().to(self.device)
+
+    # ---- building ------------------------------------------------------------------------
+    def _build_model(self) -> nn.Module:
+        module = importlib.import_module(MODEL_REGISTRY[self.args.model])
+        return module.Model(self.args).float()
+
+    def _get_data(self, flag: str):
+        return data_provider(self.args, flag)
+
+    def arch_args(self) -> tuple[str, ...]:
+        module = importlib.import_module(MODEL_REGISTRY[self.args.model])
+        return ARCH_ARGS + tuple(getattr(module, "ARCH_ARGS", ()))
+
+    def autocast(self) -> AbstractContextManager:
+        if not self.args.use_amp:
+            return nullcontext()
+        dtype = torch.bfloat16 if self.args.amp_dtype == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    # ---- paths ---------------------------------------------------------------------------
+    def checkpoint_path(self, setting: str, name: str = "checkpoint.pth") -> str:
+        return os.path.join(self.args.checkpoints, setting, name)
+
+    def results_dir(self, setting: str) -> str:
+        path = os.path.join(self.args.results, setting)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def save_checkpoint(self, path: str, **meta: Any) -> None:
+        """Weights + the arguments that built them (+ stage, epoch, score, ...), atomically."""
+        state = {
+            "model": self.unwrapped_model().state_dict(),
+            "args": {k: v for k, v in vars(self.args).items() if _is_plain(v)},
+            **meta,
+        }
+        atomic_save(state, path)
+
+    def unwrapped_model(self) -> nn.Module:
+        return getattr(self.model, "module", self.model)
+
+    def load_checkpoint(self, path: str) -> dict[str, Any]:
+        """Load weights after checking the checkpoint was built with these arguments."""
+        state = read_checkpoint(path)
+        differ = [
+            f"--{k} {state['args'].get(k)!r} in the checkpoint vs {getattr(self.args, k)!r} now"
+            for k in self.arch_args()
+            if state["args"].get(k) != getattr(self.args, k, None)
+        ]
+        if differ:
+            raise CheckpointError(
+                f"checkpoint {path} was built with other arguments: " + "; ".join(differ)
+            )
+        self.unwrapped_model().load_state_dict(state["model"])
+        return state
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"no checkpoint at {path}; train first (--is_training 1) or point --checkpoints "
+            "at the folder that holds it"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, foreign or corrupt file
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    if not isinstance(state, dict) or "model" not in state or "args" not in state:
+        raise CheckpointError(f"{path} is not a checkpoint written by this project")
+    return state
+
+
+def _is_plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str, list, tuple))
+
+
+class TrainingLoopMixin:
+    """One epoch of training and one pass of validation over ``self._batch_loss``.
+
+    ``_batch_loss(batch, stage) -> (loss, pred, true)`` is the only thing a task defines; the
+    same function serves training and validation, so the two can never drift apart.
+    """
+
+    def _to_device(self, batch) -> list[torch.Tensor]:
+        return [t.float().to(self.device, non_blocking=True) for t in batch]
+
+    def _train_epoch(self, loader, optimizer, scaler, stage: str, epoch: int) -> float:
+        from utils.tools import progress
+
+        self.model.train()
+        total, count = 0.0, 0
+        for step, batch in enumerate(progress(loader, desc=f"{stage} epoch {epoch}")):
+            optimizer.zero_grad(set_to_none=True)
+            loss, _, _ = self._batch_loss(batch, stage)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss {loss.item()} in stage {stage}, epoch {epoch}, step {step}"
+                )
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            n = batch[0].shape[0]
+            total, count = total + loss.item() * n, count + n
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def _eval_loss(self, loader, stage: str) -> float:
+        self.model.eval()
+        total, count = 0.0, 0
+        for batch in loader:
+            loss, _, _ = self._batch_loss(batch, stage)
+            n = batch[0].shape[0]
+            total, count = total + loss.item() * n, count + n
+        return total / max(count, 1)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        enabled = self.args.use_amp and self.args.amp_dtype == "fp16"
+        return torch.amp.GradScaler(self.device.type, enabled=enabled)

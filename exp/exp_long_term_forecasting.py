@@ -1,0 +1,85 @@
+"""Deterministic long-term forecasting (TSLib's ``long_term_forecast`` task)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from exp.exp_basic import Exp_Basic, TrainingLoopMixin
+from utils.metrics import metric
+from utils.tools import EarlyStopping, adjust_learning_rate
+
+log = logging.getLogger("tsdiff")
+
+
+class Exp_Long_Term_Forecast(TrainingLoopMixin, Exp_Basic):
+    supported_models = ("iTransformer",)
+
+    def _batch_loss(self, batch, stage: str = "train"):
+        """MSE of the forecast on one batch → (loss, pred (B, H, N'), true (B, H, N'))."""
+        x, y, x_mark, y_mark = self._to_device(batch)
+        H, label_len = self.args.pred_len, self.args.label_len
+        dec_inp = torch.cat([y[:, :label_len], torch.zeros_like(y[:, -H:])], dim=1)
+        with self.autocast():
+            out = self.model(x, x_mark, dec_inp, y_mark)
+        f_dim = -1 if self.args.features == "MS" else 0
+        pred, true = out[:, -H:, f_dim:].float(), y[:, -H:, f_dim:]
+        return F.mse_loss(pred, true), pred, true
+
+    def train(self, setting: str):
+        _, train_loader = self._get_data("train")
+        _, vali_loader = self._get_data("val")
+        path = self.checkpoint_path(setting)
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.args.learning_rate)
+        scaler = self.grad_scaler()
+        stopper = EarlyStopping(patience=self.args.patience)
+        for epoch in range(1, self.args.train_epochs + 1):
+            start = time.time()
+            train_loss = self._train_epoch(train_loader, optimizer, scaler, "train", epoch)
+            vali_loss = self._eval_loss(vali_loader, "val")
+            log.info(
+                "Epoch: %d cost time: %.1fs | Train Loss: %.7f Vali Loss: %.7f",
+                epoch, time.time() - start, train_loss, vali_loss,
+            )  # fmt: skip
+            if stopper.step(vali_loss):
+                self.save_checkpoint(path, epoch=epoch, best_score=vali_loss)
+                log.info("Validation loss improved; saved %s", path)
+            if stopper.early_stop:
+                log.info("Early stopping")
+                break
+            adjust_learning_rate(optimizer, epoch, self.args)
+        self.load_checkpoint(path)
+        return self.model
+
+    @torch.no_grad()
+    def predict_loader(self, loader):
+        """Forecasts for every window of a loader → (pred, true), each (windows, H, N')."""
+        self.model.eval()
+        preds, trues = [], []
+        for batch in loader:
+            _, pred, true = self._batch_loss(batch, "test")
+            preds.append(pred.cpu().numpy())
+            trues.append(true.cpu().numpy())
+        return np.concatenate(preds), np.concatenate(trues)
+
+    def test(self, setting: str, test: int = 0):
+        test_data, test_loader = self._get_data("test")
+        if test:
+            self.load_checkpoint(self.checkpoint_path(setting))
+        pred, true = self.predict_loader(test_loader)
+        if self.args.inverse:
+            pred, true = test_data.inverse_transform(pred), test_data.inverse_transform(true)
+        mae, mse, rmse, mape, mspe = metric(pred, true)
+        log.info("test windows: %d | mse:%.6f, mae:%.6f", len(pred), mse, mae)
+        folder = self.results_dir(setting)
+        np.save(os.path.join(folder, "metrics.npy"), np.array([mae, mse, rmse, mape, mspe]))
+        np.save(os.path.join(folder, "pred.npy"), pred)
+        np.save(os.path.join(folder, "true.npy"), true)
+        with open(self.args.result_file, "a") as f:
+            f.write(f"{setting}  \nmse:{mse}, mae:{mae}, rmse:{rmse}, windows:{len(pred)}\n\n")
+        return {"mae": mae, "mse": mse, "rmse": rmse, "mape": mape, "mspe": mspe}

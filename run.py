@@ -1,0 +1,46 @@
+"""Entry point: ``python run.py --task_name long_term_forecast --model iTransformer ...``.
+
+Parses the arguments, derives the data dimensions, and hands over to the task's Exp class.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import torch
+
+from data_provider.data_factory import resolve_dimensions
+from exp import get_exp_class
+from exp.exp_basic import set_seed, setting_name
+from utils.args import parse_args
+
+log = logging.getLogger("tsdiff")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    args = parse_args(argv)
+    resolve_dimensions(args)
+    log.info("Args: %s", vars(args))
+    Exp = get_exp_class(args.task_name)
+    metrics = {}
+    for ii in range(args.itr):
+        set_seed(args.seed + ii)
+        exp = Exp(args)
+        setting = setting_name(args, ii)
+        if args.is_training:
+            log.info(">>>>>>> start training : %s >>>>>>>", setting)
+            exp.train(setting)
+            log.info(">>>>>>> testing : %s <<<<<<<", setting)
+            metrics = exp.test(setting)
+        else:
+            log.info(">>>>>>> testing : %s <<<<<<<", setting)
+            metrics = exp.test(setting, test=1)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
