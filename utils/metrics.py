@@ -1,0 +1,504 @@
+"""Point and probabilistic forecasting metrics.
+
+Every number reported by the framework is produced by one of the pure functions in this
+module (or by :class:`ProbMetricAccumulator`, which only sums their per-batch outputs).
+
+Shape conventions
+-----------------
+* ``samples``: ``(S, B, H, N)`` -- S samples, B windows, H horizon steps, N variates.
+* ``y`` (truth): ``(B, H, N)``.
+* Gaussian predictive distributions: ``mu`` ``(B, H, N)`` and ``sigma`` broadcastable to it.
+
+The pure tensor functions accept any trailing shape as long as ``samples.shape[1:] ==
+y.shape``; they accept float32 input and compute in float64.
+
+Conventions
+-----------
+* Empirical quantiles use linear interpolation between order statistics (identical to
+  ``torch.quantile(..., interpolation="linear")`` and ``numpy.quantile`` default, which is
+  what CSDI uses). They are computed from one sort, so they also work on tensors larger than
+  ``torch.quantile``'s size limit.
+* The normalised CRPS (``crps_norm``) and its variate-summed version (``crps_sum``) follow
+  CSDI's ``calc_quantile_CRPS`` / ``calc_quantile_CRPS_sum`` and GluonTS'
+  ``mean_wQuantileLoss``: 19 levels 0.05, 0.10, ..., 0.95, ``QL_q = 2 sum |(y - qhat) *
+  (1{y <= qhat} - q)|``, result ``mean_q QL_q / sum |y|`` with sums over everything.
+* The predictive std of a sample set is the population std (``unbiased=False``), i.e. the
+  std of the empirical distribution whose CRPS is reported; it is 0 for S = 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+# --------------------------------------------------------------------------------------
+# TSLib point metrics (numpy), same names and semantics as thuml/Time-Series-Library.
+# --------------------------------------------------------------------------------------
+
+
+def RSE(pred, true):
+    return np.sqrt(np.sum((true - pred) ** 2)) / np.sqrt(np.sum((true - true.mean()) ** 2))
+
+
+def CORR(pred, true):
+    u = ((true - true.mean(0)) * (pred - pred.mean(0))).sum(0)
+    d = np.sqrt(((true - true.mean(0)) ** 2 * (pred - pred.mean(0)) ** 2).sum(0))
+    return (u / d).mean(-1)
+
+
+def MAE(pred, true):
+    return np.mean(np.abs(true - pred))
+
+
+def MSE(pred, true):
+    return np.mean((true - pred) ** 2)
+
+
+def RMSE(pred, true):
+    return np.sqrt(MSE(pred, true))
+
+
+def MAPE(pred, true):
+    return np.mean(np.abs((true - pred) / true))
+
+
+def MSPE(pred, true):
+    return np.mean(np.square((true - pred) / true))
+
+
+def metric(pred, true):
+    """Return ``(mae, mse, rmse, mape, mspe)`` -- TSLib's ``metrics.npy`` order."""
+    mae = MAE(pred, true)
+    mse = MSE(pred, true)
+    rmse = RMSE(pred, true)
+    mape = MAPE(pred, true)
+    mspe = MSPE(pred, true)
+    return mae, mse, rmse, mape, mspe
+
+
+# --------------------------------------------------------------------------------------
+# Constants
+# --------------------------------------------------------------------------------------
+
+#: CSDI / GluonTS quantile levels 0.05, 0.10, ..., 0.95 (19 levels).
+QUANTILE_LEVELS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20))
+#: Nominal central-interval levels of the reliability curve.
+RELIABILITY_LEVELS: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(1, 10))
+
+_INV_SQRT_PI = 1.0 / math.sqrt(math.pi)
+
+
+def _f64(x) -> torch.Tensor:
+    return torch.as_tensor(x).to(torch.float64)
+
+
+def _levels(levels, device=None) -> torch.Tensor:
+    lv = torch.as_tensor(levels, dtype=torch.float64).reshape(-1)
+    if lv.numel() == 0 or bool(((lv < 0) | (lv > 1)).any()):
+        raise ValueError(f"quantile levels must lie in [0, 1], got {levels}")
+    return lv.to(device) if device is not None else lv
+
+
+def _central_bounds(level: float) -> tuple[float, float]:
+    if not 0.0 <= level <= 1.0:
+        raise ValueError(f"interval level must lie in [0, 1], got {level}")
+    return (1.0 - level) / 2.0, (1.0 + level) / 2.0
+
+
+def _sort(samples) -> torch.Tensor:
+    """Sort along the sample axis (in the input float dtype: ordering is exact), to float64."""
+    x = torch.as_tensor(samples)
+    if not x.is_floating_point():
+        x = x.to(torch.float64)
+    return torch.sort(x, dim=0).values.to(torch.float64)
+
+
+def _check_samples(samples: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    if samples.dim() < 1 or samples.shape[0] < 1:
+        raise ValueError("samples must have a leading sample axis with S >= 1")
+    if y is not None and tuple(samples.shape[1:]) != tuple(y.shape):
+        raise ValueError(
+            f"samples shape {tuple(samples.shape)} does not match y shape {tuple(y.shape)}"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Quantiles
+# --------------------------------------------------------------------------------------
+
+
+def quantiles_from_sorted(sorted_samples: torch.Tensor, levels) -> torch.Tensor:
+    """Linear-interpolation empirical quantiles of samples already sorted along dim 0.
+
+    sorted_samples: (S, *) ascending along dim 0.  Returns (Q, *) in float64.
+    """
+    xs = _f64(sorted_samples)
+    lv = _levels(levels, xs.device)
+    s = xs.shape[0]
+    pos = lv * (s - 1)
+    lo = pos.floor().long().clamp(0, s - 1)
+    hi = (lo + 1).clamp(max=s - 1)
+    w = (pos - lo.to(torch.float64)).reshape((-1,) + (1,) * (xs.dim() - 1))
+    x_lo = xs.index_select(0, lo)
+    x_hi = xs.index_select(0, hi)
+    return x_lo + w * (x_hi - x_lo)
+
+
+def sample_quantiles(samples: torch.Tensor, levels=QUANTILE_LEVELS) -> torch.Tensor:
+    """Empirical quantiles (linear interpolation, as ``torch.quantile``) over the sample axis.
+
+    samples: (S, B, H, N) (any trailing shape).  Returns (Q, B, H, N) float64.
+    """
+    _check_samples(samples)
+    return quantiles_from_sorted(_sort(samples), levels)
+
+
+def gaussian_quantiles(mu: torch.Tensor, sigma: torch.Tensor, levels) -> torch.Tensor:
+    """Exact quantiles ``mu + sigma * Phi^{-1}(q)`` of N(mu, sigma^2).
+
+    mu: (B, H, N); sigma broadcastable to mu (sigma = 0 -> point mass, quantiles = mu for
+    every level strictly inside (0, 1)).  Returns (Q, B, H, N) float64.
+    """
+    mu, sigma = _gaussian_args(mu, sigma)
+    lv = _levels(levels, mu.device)
+    z = torch.special.ndtri(lv).reshape((-1,) + (1,) * mu.dim())
+    # sigma * z with sigma = 0 and |z| = inf (levels 0 / 1) would give NaN: treat as mu.
+    return mu.unsqueeze(0) + torch.where(sigma.unsqueeze(0) > 0, sigma.unsqueeze(0) * z, 0.0)
+
+
+def _gaussian_args(mu, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+    mu = _f64(mu)
+    sigma = torch.broadcast_to(_f64(sigma).to(mu.device), mu.shape)
+    if bool((sigma < 0).any()):
+        raise ValueError("sigma must be non-negative")
+    return mu, sigma
+
+
+# --------------------------------------------------------------------------------------
+# CRPS
+# --------------------------------------------------------------------------------------
+
+
+def crps_from_sorted(sorted_samples: torch.Tensor, y: torch.Tensor, fair: bool = False):
+    """Exact empirical CRPS from samples sorted ascending along dim 0 (see crps_ensemble)."""
+    xs = _f64(sorted_samples)
+    y = _f64(y)
+    s = xs.shape[0]
+    if fair and s < 2:
+        raise ValueError("the fair CRPS needs at least 2 samples")
+    abs_err = (xs - y.unsqueeze(0)).abs().mean(0)
+    if s == 1:
+        return abs_err
+    i = torch.arange(1, s + 1, dtype=torch.float64, device=xs.device)
+    wts = (2.0 * i - s - 1.0).reshape((-1,) + (1,) * (xs.dim() - 1))
+    denom = s * (s - 1) if fair else s * s
+    # E|X - X'| = (2 / denom) * sum_i (2i - S - 1) x_(i)
+    spread = (2.0 / denom) * (wts * xs).sum(0)
+    return abs_err - 0.5 * spread
+
+
+def crps_ensemble(samples: torch.Tensor, y: torch.Tensor, fair: bool = False) -> torch.Tensor:
+    """Empirical CRPS ``E|X - y| - 1/2 E|X - X'|`` of an ensemble, exact in O(S log S).
+
+    samples: (S, B, H, N); y: (B, H, N).  Returns (B, H, N) float64.
+    ``fair=True`` divides the spread term by S(S-1) instead of S^2 (unbiased / "fair"
+    CRPS); it needs S >= 2 (ValueError otherwise).  S = 1 gives the absolute error.
+    """
+    _check_samples(samples, y)
+    return crps_from_sorted(_sort(samples), y, fair=fair)
+
+
+def crps_gaussian(mu: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Closed-form CRPS of N(mu, sigma^2) (Gneiting & Raftery 2007).
+
+    ``sigma * [z (2 Phi(z) - 1) + 2 phi(z) - 1/sqrt(pi)]`` with ``z = (y - mu) / sigma``;
+    sigma = 0 gives ``|mu - y|`` (point mass).  mu, y: (B, H, N); sigma broadcastable.
+    Returns (B, H, N) float64.
+    """
+    mu, sigma = _gaussian_args(mu, sigma)
+    y = _f64(y)
+    pos = sigma > 0
+    safe = torch.where(pos, sigma, torch.ones_like(sigma))
+    z = (y - mu) / safe
+    phi = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    cdf = torch.special.ndtr(z)
+    crps = safe * (z * (2.0 * cdf - 1.0) + 2.0 * phi - _INV_SQRT_PI)
+    return torch.where(pos, crps, (mu - y).abs())
+
+
+# --------------------------------------------------------------------------------------
+# Quantile-loss based normalised CRPS (CSDI / GluonTS / ProbTS)
+# --------------------------------------------------------------------------------------
+
+
+def quantile_loss_terms(q_pred: torch.Tensor, y: torch.Tensor, levels=QUANTILE_LEVELS):
+    """Summed quantile losses per level.
+
+    q_pred: (Q, B, H, N) predicted quantiles at ``levels``; y: (B, H, N).
+    Returns (Q,) float64 with ``QL_q = 2 * sum |(y - qhat_q) * (1{y <= qhat_q} - q)|``
+    summed over all windows, steps and variates (CSDI ``quantile_loss``).
+    """
+    q_pred = _f64(q_pred)
+    y = _f64(y).unsqueeze(0)
+    lv = _levels(levels, y.device).reshape((-1,) + (1,) * (y.dim() - 1))
+    if q_pred.shape[0] != lv.shape[0]:
+        raise ValueError("q_pred must have one slice per quantile level")
+    ind = (y <= q_pred).to(torch.float64)
+    return 2.0 * ((q_pred - y) * (ind - lv)).abs().flatten(1).sum(1)
+
+
+def _normalized_from_terms(terms: torch.Tensor, denom) -> float:
+    return float((terms / denom).mean())
+
+
+def crps_quantile_normalized(samples, y, quantile_levels=QUANTILE_LEVELS) -> float:
+    """CSDI ``calc_quantile_CRPS`` / GluonTS ``mean_wQuantileLoss`` (no mask, no scaling).
+
+    samples: (S, B, H, N); y: (B, H, N).  ``mean_q QL_q / sum|y|`` with empirical quantiles.
+    """
+    _check_samples(samples, y)
+    terms = quantile_loss_terms(sample_quantiles(samples, quantile_levels), y, quantile_levels)
+    return _normalized_from_terms(terms, _f64(y).abs().sum())
+
+
+def crps_sum_normalized(samples, y, quantile_levels=QUANTILE_LEVELS) -> float:
+    """CSDI ``calc_quantile_CRPS_sum``: normalised CRPS after summing over the variate axis.
+
+    samples: (S, B, H, N); y: (B, H, N).
+    """
+    _check_samples(samples, y)
+    return crps_quantile_normalized(_f64(samples).sum(-1), _f64(y).sum(-1), quantile_levels)
+
+
+def gaussian_crps_quantile_normalized(mu, sigma, y, quantile_levels=QUANTILE_LEVELS) -> float:
+    """Normalised CRPS of N(mu, sigma^2) using exact Gaussian quantiles."""
+    q_pred = gaussian_quantiles(mu, sigma, quantile_levels)
+    terms = quantile_loss_terms(q_pred, y, quantile_levels)
+    return _normalized_from_terms(terms, _f64(y).abs().sum())
+
+
+def gaussian_sum_params(mu, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum over the last (variate) axis of independent Gaussians: N(sum mu, sqrt(sum s^2))."""
+    mu, sigma = _gaussian_args(mu, sigma)
+    return mu.sum(-1), (sigma * sigma).sum(-1).sqrt()
+
+
+def gaussian_crps_sum_normalized(mu, sigma, y, quantile_levels=QUANTILE_LEVELS) -> float:
+    """crps_sum for independent Gaussians (mu, sigma: (B, H, N) / broadcastable)."""
+    mu_s, sigma_s = gaussian_sum_params(mu, sigma)
+    return gaussian_crps_quantile_normalized(mu_s, sigma_s, _f64(y).sum(-1), quantile_levels)
+
+
+# --------------------------------------------------------------------------------------
+# Coverage / sharpness / reliability
+# --------------------------------------------------------------------------------------
+
+
+def coverage_from_quantiles(lower, upper, y) -> torch.Tensor:
+    """Boolean (B, H, N) mask of ``lower <= y <= upper`` (inclusive bounds)."""
+    y = _f64(y)
+    return (y >= _f64(lower)) & (y <= _f64(upper))
+
+
+def interval_coverage(samples, y, level: float) -> float:
+    """Fraction of y inside the central ``level`` interval [q_{(1-l)/2}, q_{(1+l)/2}].
+
+    samples: (S, B, H, N); y: (B, H, N).  Empirical quantiles, inclusive bounds.
+    """
+    _check_samples(samples, y)
+    q = sample_quantiles(samples, _central_bounds(level))
+    return float(coverage_from_quantiles(q[0], q[1], y).to(torch.float64).mean())
+
+
+def interval_width(samples, level: float) -> float:
+    """Mean width of the central ``level`` interval of the samples (sharpness).
+
+    samples: (S, B, H, N).
+    """
+    q = sample_quantiles(samples, _central_bounds(level))
+    return float((q[1] - q[0]).mean())
+
+
+def gaussian_interval_coverage(mu, sigma, y, level: float) -> float:
+    """Coverage of the exact central ``level`` interval of N(mu, sigma^2)."""
+    q = gaussian_quantiles(mu, sigma, _central_bounds(level))
+    return float(coverage_from_quantiles(q[0], q[1], y).to(torch.float64).mean())
+
+
+def gaussian_interval_width(sigma, level: float) -> float:
+    """Mean width ``2 * Phi^{-1}((1+l)/2) * sigma`` of the central interval of N(., sigma^2)."""
+    sigma = _f64(sigma)
+    q = gaussian_quantiles(torch.zeros_like(sigma), sigma, _central_bounds(level))
+    return float((q[1] - q[0]).mean())
+
+
+def reliability_curve(samples, y, levels=RELIABILITY_LEVELS) -> tuple[list, list]:
+    """(nominal levels, empirical coverage of central intervals) for an ensemble."""
+    return list(levels), [interval_coverage(samples, y, lv) for lv in levels]
+
+
+def gaussian_reliability_curve(mu, sigma, y, levels=RELIABILITY_LEVELS) -> tuple[list, list]:
+    """(nominal levels, empirical coverage of exact Gaussian central intervals)."""
+    return list(levels), [gaussian_interval_coverage(mu, sigma, y, lv) for lv in levels]
+
+
+def _central_levels(levels: Sequence[float]) -> list[float]:
+    """Lower and upper quantile levels of each central interval, flattened [lo1, hi1, ...]."""
+    out: list[float] = []
+    for lv in levels:
+        out.extend(_central_bounds(lv))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Streaming accumulator
+# --------------------------------------------------------------------------------------
+
+
+class ProbMetricAccumulator:
+    """Streams probabilistic metrics over test batches; ``compute()`` equals the one-shot
+    result over the concatenated batches (all state is float64 sums and counts).
+
+    ``update_samples`` internally chunks the window axis so that a single chunk holds at
+    most ``max_chunk_elems`` sample values (memory bound for large N x S).
+    ``crps_fair`` is NaN if any sample batch had S = 1 (undefined); for Gaussian / point
+    mass updates it equals the exact CRPS.
+    """
+
+    def __init__(
+        self,
+        quantile_levels: Sequence[float] = QUANTILE_LEVELS,
+        reliability_levels: Sequence[float] = RELIABILITY_LEVELS,
+        max_chunk_elems: int = 1 << 24,
+    ):
+        self.qlv = tuple(float(q) for q in quantile_levels)
+        self.rlv = tuple(float(r) for r in reliability_levels)
+        for need in (0.5, 0.9):
+            if not any(abs(r - need) < 1e-9 for r in self.rlv):
+                self.rlv = tuple(sorted(self.rlv + (need,)))
+        # quantile levels needed per batch: the CRPS levels, then the central bounds
+        self._levels = self.qlv + tuple(_central_levels(self.rlv))
+        self.max_chunk_elems = int(max_chunk_elems)
+        self.s: dict[str, torch.Tensor] | None = None
+        self.n_windows = 0
+        self._hn: tuple[int, int] | None = None
+
+    # ---- state ----------------------------------------------------------------------
+    def _add(self, key: str, value: torch.Tensor) -> None:
+        value = value.detach().to(torch.float64).cpu()
+        if self.s is None:
+            self.s = {}
+        if key in self.s:
+            self.s[key] = self.s[key] + value
+        else:
+            self.s[key] = value.clone()
+
+    def _update(self, point, y, crps, crps_fair, q, q_sum, y_sum, std) -> None:
+        """Add one batch. point/y/crps/crps_fair/std: (B,H,N); q: (Q+2R,B,H,N);
+        q_sum: (Q,B,H) quantiles of the variate sum; y_sum: (B,H)."""
+        nq = len(self.qlv)
+        err = point - y
+        b, h, n = y.shape
+        if self._hn is not None and self._hn != (h, n):
+            raise ValueError(f"(H, N) changed between batches: {self._hn} -> {(h, n)}")
+        self._add("n", torch.tensor(float(b * h * n), dtype=torch.float64))
+        self._add("se", (err * err).sum())
+        self._add("ae", err.abs().sum())
+        self._add("se_var", (err * err).sum((0, 1)))
+        self._add("crps", crps.sum())
+        self._add("crps_fair", crps_fair.sum())
+        self._add("crps_step", crps.sum((0, 2)))
+        self._add("crps_var", crps.sum((0, 1)))
+        self._add("std", std.sum())
+        self._add("ql", quantile_loss_terms(q[:nq], y, self.qlv))
+        self._add("ql_den", y.abs().sum())
+        self._add("ql_sum", quantile_loss_terms(q_sum, y_sum, self.qlv))
+        self._add("ql_sum_den", y_sum.abs().sum())
+        lo, hi = q[nq::2], q[nq + 1 :: 2]
+        self._add("cov", coverage_from_quantiles(lo, hi, y).flatten(1).sum(1).to(torch.float64))
+        self._add("width", (hi - lo).flatten(1).sum(1))
+        self.n_windows += b
+        self._hn = (h, n)
+
+    # ---- public updates -------------------------------------------------------------
+    def update_samples(self, samples: torch.Tensor, y: torch.Tensor) -> None:
+        """samples: (S, B, H, N); y: (B, H, N). Point forecast = sample mean over S."""
+        if samples.dim() != 4:
+            raise ValueError("samples must be (S, B, H, N)")
+        _check_samples(samples, y)
+        s_, b_, h_, n_ = samples.shape
+        per_window = max(s_, len(self._levels)) * h_ * n_
+        chunk = max(1, self.max_chunk_elems // max(1, per_window))
+        for start in range(0, b_, chunk):
+            raw = samples[:, start : start + chunk]
+            # the variate sum must use the joint (unsorted) samples
+            xsum = torch.sort(_f64(raw).sum(-1), dim=0).values
+            xs = _sort(raw)
+            yc = _f64(y[start : start + chunk]).to(xs.device)
+            crps = crps_from_sorted(xs, yc)
+            fair = crps_from_sorted(xs, yc, fair=True) if s_ > 1 else torch.full_like(yc, np.nan)
+            self._update(
+                point=xs.mean(0),
+                y=yc,
+                crps=crps,
+                crps_fair=fair,
+                q=quantiles_from_sorted(xs, self._levels),
+                q_sum=quantiles_from_sorted(xsum, self.qlv),
+                y_sum=yc.sum(-1),
+                std=xs.std(0, unbiased=False),
+            )
+
+    def update_gaussian(self, mu: torch.Tensor, sigma, y: torch.Tensor) -> None:
+        """mu, y: (B, H, N); sigma broadcastable to mu, e.g. (H, N); sigma = 0 -> point mass."""
+        if mu.dim() != 3 or tuple(mu.shape) != tuple(y.shape):
+            raise ValueError("mu and y must both be (B, H, N)")
+        mu, sigma = _gaussian_args(mu, sigma)
+        yc = _f64(y).to(mu.device)
+        crps = crps_gaussian(mu, sigma, yc)
+        mu_s, sigma_s = gaussian_sum_params(mu, sigma)
+        self._update(
+            point=mu,
+            y=yc,
+            crps=crps,
+            crps_fair=crps,
+            q=gaussian_quantiles(mu, sigma, self._levels),
+            q_sum=gaussian_quantiles(mu_s, sigma_s, self.qlv),
+            y_sum=yc.sum(-1),
+            std=sigma,
+        )
+
+    # ---- result ---------------------------------------------------------------------
+    def compute(self) -> dict:
+        """Return the metrics dict (floats, lists, and a ``reliability`` dict)."""
+        if self.s is None:
+            raise ValueError("no batches were added")
+        s = self.s
+        n = float(s["n"])
+        b = float(self.n_windows)
+        h = s["crps_step"].numel()
+        nv = s["crps_var"].numel()
+        cov = (s["cov"] / n).tolist()
+        width = (s["width"] / n).tolist()
+        idx = {round(r, 6): i for i, r in enumerate(self.rlv)}
+        mse = float(s["se"]) / n
+        return {
+            "mse": mse,
+            "mae": float(s["ae"]) / n,
+            "rmse": math.sqrt(mse),
+            "crps": float(s["crps"]) / n,
+            "crps_fair": float(s["crps_fair"]) / n,
+            "crps_norm": _normalized_from_terms(s["ql"], s["ql_den"]),
+            "crps_sum": _normalized_from_terms(s["ql_sum"], s["ql_sum_den"]),
+            "coverage_50": cov[idx[0.5]],
+            "coverage_90": cov[idx[0.9]],
+            "sharpness_90": width[idx[0.9]],
+            "pred_std": float(s["std"]) / n,
+            "reliability": {"nominal": list(self.rlv), "coverage": cov},
+            "crps_per_step": (s["crps_step"] / (b * nv)).tolist(),
+            "crps_per_variate": (s["crps_var"] / (b * h)).tolist(),
+            "mse_per_variate": (s["se_var"] / (b * h)).tolist(),
+            "n_windows": self.n_windows,
+        }
