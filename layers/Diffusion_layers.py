@@ -1,0 +1,315 @@
+"""1D U-Net denoiser conditioned on an iTransformer encoding.
+
+The network knows nothing about diffusion: it maps a noisy horizon x (B, N, H), a time step t
+and a condition z (B, N, d_model) to a tensor shaped like x. Variates N are the channels, the
+horizon H is the length.
+
+Conditioning:
+  * global FiLM vector c = MLP(SiLU(W_z mean_N(z) + W_t t_emb)) modulates every ResBlock,
+  * cross-attention from every horizon position (query) to the N variate tokens of z (keys).
+
+Everything that depends on z alone is computed once by `UNet1D.encode_condition(z)` and reused
+across sampling steps. `repeat_condition(cond, S)` makes it serve S*B sample-major trajectories
+without copying k/v: the attention folds the S samples into the query length instead.
+
+Init: FiLM linears are zero (FiLM starts as the identity); final_conv keeps PyTorch's default
+init so gradients reach the whole network from the first step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def group_count(channels: int, groups: int = 8) -> int:
+    """Largest divisor of `channels` not above `groups` that also divides `groups` (gcd)."""
+    return math.gcd(channels, groups)
+
+
+class SinusoidalPosEmb(nn.Module):
+    """Transformer sinusoidal embedding of a (B,) time step -> (B, dim)."""
+
+    def __init__(self, dim: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        assert dim % 2 == 0 and dim >= 4, "SinusoidalPosEmb needs an even dim >= 4"
+        self.dim = dim
+        self.theta = theta
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = self.dim // 2
+        scale = math.log(self.theta) / (half - 1)
+        freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -scale)
+        args = t.float()[:, None] * freqs[None, :]  # (B, half)
+        return torch.cat([args.sin(), args.cos()], dim=-1)  # (B, dim)
+
+
+class ConditionProjector(nn.Module):
+    """c = out(SiLU(W_z mean_N(z) + W_t t_emb)); the z part is separable and cacheable."""
+
+    def __init__(self, d_model: int, time_dim: int, cond_dim: int) -> None:
+        super().__init__()
+        self.z_proj = nn.Linear(d_model, cond_dim)
+        self.t_proj = nn.Linear(time_dim, cond_dim)
+        self.out = nn.Linear(cond_dim, cond_dim)
+
+    def encode(self, z: Tensor) -> Tensor:
+        """z (B, N, d_model) -> z part (B, cond_dim)."""
+        return self.z_proj(z.mean(dim=1))
+
+    def forward(self, z_part: Tensor, t_emb: Tensor) -> Tensor:
+        """z_part (B, cond_dim), t_emb (B or 1, time_dim) -> c (B, cond_dim)."""
+        return self.out(F.silu(z_part + self.t_proj(t_emb)))
+
+
+class FiLMLayer(nn.Module):
+    """Scale-and-shift of normalised features: h * (1 + gamma) + beta, identity at init."""
+
+    def __init__(self, cond_dim: int, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(cond_dim, 2 * channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: Tensor, c: Tensor) -> Tensor:
+        """h (B, C, L) already normalised, c (B, cond_dim) -> (B, C, L)."""
+        gamma, beta = self.proj(F.silu(c)).unsqueeze(-1).chunk(2, dim=1)  # 2 x (B, C, 1)
+        return h * (1 + gamma) + beta
+
+
+class ResBlock1D(nn.Module):
+    """Conv -> GroupNorm -> FiLM -> SiLU -> Conv -> GroupNorm -> SiLU, plus a residual."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, cond_dim: int, groups: int = 8, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(in_ch, out_ch, 3, padding=1)
+        self.norm1 = nn.GroupNorm(group_count(out_ch, groups), out_ch)
+        self.film = FiLMLayer(cond_dim, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv1d(out_ch, out_ch, 3, padding=1)
+        self.norm2 = nn.GroupNorm(group_count(out_ch, groups), out_ch)
+        self.res_conv = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        h = F.silu(self.film(self.norm1(self.conv1(x)), c))  # (B, out_ch, L)
+        h = F.silu(self.norm2(self.conv2(self.dropout(h))))  # (B, out_ch, L)
+        return h + self.res_conv(x)
+
+
+class VariateCrossAttention(nn.Module):
+    """Horizon positions (queries) attend over the N variate tokens of z (keys/values).
+
+    `kv(z)` depends on z only. `forward(h, kv)` accepts k/v with batch B while h has batch
+    S*B (sample-major, row s*B + b is window b): the S samples are folded into the query
+    length, so k/v are never copied.
+    """
+
+    def __init__(self, channels: int, d_model: int, n_heads: int = 4, groups: int = 8) -> None:
+        super().__init__()
+        assert channels % n_heads == 0, "channels must be divisible by n_heads"
+        self.n_heads = n_heads
+        self.head_dim = channels // n_heads
+        self.norm = nn.GroupNorm(group_count(channels, groups), channels)
+        self.to_q = nn.Linear(channels, channels, bias=False)
+        self.to_kv = nn.Linear(d_model, 2 * channels, bias=False)
+        self.to_out = nn.Linear(channels, channels)
+
+    def kv(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """z (B, N, d_model) -> k, v each (B, heads, N, head_dim)."""
+        B, N, _ = z.shape
+        kv = self.to_kv(z).view(B, N, 2, self.n_heads, self.head_dim)  # (B, N, 2, hs, hd)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, hs, N, hd)
+        return k, v
+
+    def forward(self, h: Tensor, kv: tuple[Tensor, Tensor]) -> Tensor:
+        """h (R*B, C, L), kv from `kv(z)` with batch B -> (R*B, C, L)."""
+        k, v = kv
+        RB, C, L = h.shape
+        B = k.shape[0]
+        assert RB % B == 0, f"feature batch {RB} is not a multiple of condition batch {B}"
+        R = RB // B
+        q = self.to_q(self.norm(h).transpose(1, 2))  # (R*B, L, C)
+        q = q.view(R, B, L, self.n_heads, self.head_dim)  # (R, B, L, hs, hd)
+        q = q.permute(1, 3, 0, 2, 4).reshape(B, self.n_heads, R * L, self.head_dim)
+        o = F.scaled_dot_product_attention(q, k, v)  # (B, hs, R*L, hd)
+        o = o.view(B, self.n_heads, R, L, self.head_dim)  # (B, hs, R, L, hd)
+        o = o.permute(2, 0, 3, 1, 4).reshape(RB, L, C)  # (R*B, L, C)
+        return h + self.to_out(o).transpose(1, 2)  # (R*B, C, L)
+
+
+class DownBlock1D(nn.Module):
+    """ResBlock (with FiLM) at in_ch, then a stride-2 conv to out_ch; returns (h, skip)."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, cond_dim: int, groups: int = 8, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.res = ResBlock1D(in_ch, in_ch, cond_dim, groups, dropout)
+        self.down = nn.Conv1d(in_ch, out_ch, 4, stride=2, padding=1)
+
+    def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        skip = self.res(x, c)  # (B, in_ch, L)
+        return self.down(skip), skip  # (B, out_ch, L/2), (B, in_ch, L)
+
+
+class UpBlock1D(nn.Module):
+    """Nearest x2 upsample + conv to out_ch, concat skip, ResBlock (FiLM), cross-attention."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        cond_dim: int,
+        d_model: int,
+        n_heads: int = 4,
+        groups: int = 8,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.up = nn.Conv1d(in_ch, out_ch, 3, padding=1)
+        self.res = ResBlock1D(2 * out_ch, out_ch, cond_dim, groups, dropout)
+        self.attn = VariateCrossAttention(out_ch, d_model, n_heads, groups)
+
+    def forward(self, x: Tensor, skip: Tensor, c: Tensor, kv: tuple[Tensor, Tensor]) -> Tensor:
+        h = self.up(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, out_ch, 2L)
+        h = self.res(torch.cat([h, skip], dim=1), c)  # (B, out_ch, 2L)
+        return self.attn(h, kv)
+
+
+@dataclass(frozen=True)
+class UNetCondition:
+    """Everything UNet1D needs from z, computed once per forecast window.
+
+    z_part: (B, cond_dim) z half of the ConditionProjector.
+    kv: one (k, v) per cross-attention layer, each (B, heads, N, head_dim).
+    n_repeat: the condition serves n_repeat * B rows laid out sample-major (row s*B + b is
+        window b), like `tensor.repeat(n_repeat, 1, ...)`, without materialising the copies.
+    """
+
+    z_part: Tensor
+    kv: tuple[tuple[Tensor, Tensor], ...]
+    n_repeat: int = 1
+
+    @property
+    def batch_size(self) -> int:
+        return self.z_part.shape[0] * self.n_repeat
+
+    def repeat(self, n: int) -> UNetCondition:
+        return repeat_condition(self, n)
+
+
+def repeat_condition(cond: UNetCondition, n: int) -> UNetCondition:
+    """Condition for n * B sample-major trajectories (tensor.repeat(n, 1, ...) semantics)."""
+    assert n >= 1, "repeat count must be >= 1"
+    return replace(cond, n_repeat=cond.n_repeat * n)
+
+
+class UNet1D(nn.Module):
+    """1D U-Net over the horizon with variates as channels; see the module docstring."""
+
+    def __init__(
+        self,
+        n_vars: int,
+        d_model: int,
+        cond_dim: int = 256,
+        channels: tuple[int, ...] = (64, 128, 256, 512),
+        n_heads: int = 4,
+        dropout: float = 0.0,
+        extra_in_channels: int = 0,
+        time_dim: int | None = None,
+        groups: int = 8,
+    ) -> None:
+        super().__init__()
+        assert len(channels) >= 1
+        self.n_vars = n_vars
+        self.extra_in_channels = extra_in_channels
+        self.multiple = 2 ** (len(channels) - 1)
+        time_dim = time_dim or 4 * channels[0]
+
+        self.time_mlp = nn.Sequential(
+            SinusoidalPosEmb(channels[0]),
+            nn.Linear(channels[0], time_dim),
+            nn.SiLU(),
+            nn.Linear(time_dim, time_dim),
+        )
+        self.cond_proj = ConditionProjector(d_model, time_dim, cond_dim)
+
+        self.init_conv = nn.Conv1d(n_vars + extra_in_channels, channels[0], 7, padding=3)
+        pairs = list(zip(channels[:-1], channels[1:]))
+        self.downs = nn.ModuleList([DownBlock1D(i, o, cond_dim, groups, dropout) for i, o in pairs])
+        self.mid_res1 = ResBlock1D(channels[-1], channels[-1], cond_dim, groups, dropout)
+        self.mid_attn = VariateCrossAttention(channels[-1], d_model, n_heads, groups)
+        self.mid_res2 = ResBlock1D(channels[-1], channels[-1], cond_dim, groups, dropout)
+        self.ups = nn.ModuleList(
+            [UpBlock1D(o, i, cond_dim, d_model, n_heads, groups, dropout) for i, o in pairs[::-1]]
+        )
+        self.final_norm = nn.GroupNorm(group_count(channels[0], groups), channels[0])
+        self.final_conv = nn.Conv1d(channels[0], n_vars, 1)
+
+    # ---- condition caching ------------------------------------------------------------------
+
+    def _attn_layers(self) -> list[VariateCrossAttention]:
+        return [self.mid_attn] + [up.attn for up in self.ups]
+
+    def encode_condition(self, z: Tensor) -> UNetCondition:
+        """z (B, N, d_model) -> UNetCondition holding every z-only quantity."""
+        kv = tuple(attn.kv(z) for attn in self._attn_layers())
+        return UNetCondition(z_part=self.cond_proj.encode(z), kv=kv)
+
+    def _global_cond(self, cond: UNetCondition, t: Tensor | int | float, rows: int) -> Tensor:
+        """FiLM vector (rows, cond_dim); a scalar t is embedded once and broadcast."""
+        device = cond.z_part.device
+        t = torch.as_tensor(t, device=device)
+        if t.numel() == 1:
+            t_emb = self.time_mlp(t.reshape(1))  # (1, time_dim)
+            c = self.cond_proj(cond.z_part, t_emb)  # (B, cond_dim)
+            return c.repeat(cond.n_repeat, 1)  # (R*B, cond_dim)
+        assert t.shape == (rows,), f"t must be scalar or shape ({rows},), got {tuple(t.shape)}"
+        t_emb = self.time_mlp(t)  # (R*B, time_dim)
+        return self.cond_proj(cond.z_part.repeat(cond.n_repeat, 1), t_emb)  # (R*B, cond_dim)
+
+    # ---- forward ------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor | int | float,
+        cond: UNetCondition | Tensor,
+        extra: Tensor | None = None,
+    ) -> Tensor:
+        """x (R*B, N, H), t scalar or (R*B,), cond from encode_condition (or raw z (R*B, N, d)),
+        extra (R*B, E, H) when extra_in_channels > 0 -> (R*B, N, H)."""
+        if isinstance(cond, Tensor):
+            cond = self.encode_condition(cond)
+        rows, _, H = x.shape
+        assert rows == cond.batch_size, f"x has {rows} rows, condition serves {cond.batch_size}"
+        if self.extra_in_channels:
+            assert extra is not None and extra.shape[1] == self.extra_in_channels
+            x = torch.cat([x, extra], dim=1)  # (R*B, N+E, H)
+        else:
+            assert extra is None, "extra given but extra_in_channels == 0"
+
+        pad = -H % self.multiple
+        if pad:
+            x = F.pad(x, (0, pad), mode="replicate")  # (R*B, N+E, H+pad)
+
+        c = self._global_cond(cond, t, rows)  # (R*B, cond_dim)
+        h = self.init_conv(x)  # (R*B, C0, L)
+        skips = []
+        for down in self.downs:
+            h, skip = down(h, c)
+            skips.append(skip)
+        mid_kv, *up_kvs = cond.kv
+        h = self.mid_res1(h, c)  # (R*B, C_last, L / 2^k)
+        h = self.mid_attn(h, mid_kv)
+        h = self.mid_res2(h, c)
+        for up, kv in zip(self.ups, up_kvs):
+            h = up(h, skips.pop(), c, kv)
+        out = self.final_conv(F.silu(self.final_norm(h)))  # (R*B, N, L)
+        return out[..., :H]  # (R*B, N, H)

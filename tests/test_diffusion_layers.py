@@ -1,0 +1,193 @@
+import pytest
+import torch
+
+from layers.Diffusion_layers import (
+    FiLMLayer,
+    SinusoidalPosEmb,
+    UNet1D,
+    VariateCrossAttention,
+    repeat_condition,
+)
+
+SMALL = (8, 16, 32, 64)
+D_MODEL = 16
+
+
+def make_unet(n_vars: int = 7, **kwargs) -> UNet1D:
+    torch.manual_seed(0)
+    kwargs.setdefault("channels", SMALL)
+    kwargs.setdefault("cond_dim", 32)
+    return UNet1D(n_vars, D_MODEL, **kwargs).eval()
+
+
+@torch.no_grad()
+def perturb_(model: torch.nn.Module, scale: float = 0.1) -> None:
+    """Make zero-initialised layers (FiLM) non-zero so every path affects the output."""
+    g = torch.Generator().manual_seed(123)
+    for p in model.parameters():
+        p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def inputs(b: int = 2, n: int = 7, h: int = 48, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, n, h, generator=g)
+    z = torch.randn(b, n, D_MODEL, generator=g)
+    t = torch.randint(0, 1000, (b,), generator=g)
+    return x, t, z
+
+
+@pytest.mark.parametrize("h", [24, 36, 48, 60, 96, 192, 336, 720])
+def test_output_shape_any_horizon(h):
+    model = make_unet()
+    x, t, z = inputs(h=h)
+    out = model(x, t, z)
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("n", [1, 21])
+def test_output_shape_n_vars(n):
+    model = make_unet(n)
+    x, t, z = inputs(n=n, h=36)
+    assert model(x, t, z).shape == (2, n, 36)
+
+
+def test_extra_input_channels():
+    model = make_unet(extra_in_channels=3)
+    x, t, z = inputs()
+    extra = torch.randn(2, 3, 48)
+    assert model(x, t, z, extra=extra).shape == x.shape
+    with pytest.raises(AssertionError):
+        model(x, t, z)
+
+
+def test_sinusoidal_embedding():
+    emb = SinusoidalPosEmb(16)(torch.tensor([0, 3, 999]))
+    assert emb.shape == (3, 16)
+    assert torch.allclose(emb[0, :8], torch.zeros(8)) and torch.allclose(emb[0, 8:], torch.ones(8))
+    assert not torch.allclose(emb[1], emb[2])
+
+
+def test_cached_condition_equals_direct():
+    model = make_unet()
+    perturb_(model)
+    x, t, z = inputs()
+    cond = model.encode_condition(z)
+    assert torch.allclose(model(x, t, cond), model(x, t, z), atol=1e-6)
+
+
+@pytest.mark.parametrize("t_kind", ["scalar", "vector"])
+def test_repeat_condition_equals_repeated_z(t_kind):
+    model = make_unet()
+    perturb_(model)
+    S, B = 3, 2
+    _, _, z = inputs(b=B)
+    samples = torch.randn(S, B, 7, 48)
+    x = samples.reshape(S * B, 7, 48)  # sample-major: row s*B + b is window b
+    t = 17 if t_kind == "scalar" else torch.randint(0, 1000, (S * B,))
+    lazy = model(x, t, repeat_condition(model.encode_condition(z), S))
+    direct = model(x, t, z.repeat(S, 1, 1))
+    assert torch.allclose(lazy, direct, atol=1e-5)
+    via_method = model(x, t, model.encode_condition(z).repeat(S))
+    assert torch.allclose(via_method, direct, atol=1e-5)
+    # a wrong layout is detected: batch-major repetition differs from sample-major
+    wrong = model(x, t, z.repeat_interleave(S, dim=0))
+    assert not torch.allclose(wrong, direct, atol=1e-3)
+    with pytest.raises(AssertionError):
+        model(x, t, model.encode_condition(z))  # condition serves B rows, x has S*B
+
+
+def test_scalar_t_equals_filled_tensor():
+    model = make_unet()
+    perturb_(model)
+    x, _, z = inputs()
+    ref = model(x, torch.full((2,), 250), z)
+    for t in (250, torch.tensor(250), torch.tensor(250.0)):
+        assert torch.allclose(model(x, t, z), ref, atol=1e-6)
+
+
+def test_film_identity_at_init():
+    film = FiLMLayer(cond_dim=32, channels=8)
+    h = torch.nn.GroupNorm(4, 8)(torch.randn(2, 8, 20))
+    c = torch.randn(2, 32)
+    assert torch.equal(film(h, c), h * (1 + 0) + 0)
+    with torch.no_grad():
+        film.proj.bias.fill_(0.5)
+    assert not torch.allclose(film(h, c), h)
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    model = UNet1D(7, D_MODEL, cond_dim=32, channels=SMALL, extra_in_channels=2).train()
+    x, t, z = inputs(h=36)
+    out = model(x, t, z, extra=torch.randn(2, 2, 36))
+    (out * torch.randn_like(out)).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_output_depends_on_z_and_t():
+    model = make_unet()
+    perturb_(model)
+    x, t, z = inputs()
+    out = model(x, t, z)
+    assert not torch.allclose(model(x, t, z + torch.randn_like(z)), out, atol=1e-4)
+    assert not torch.allclose(model(x, t + 100, z), out, atol=1e-4)
+    assert not torch.allclose(model(x + torch.randn_like(x), t, z), out, atol=1e-4)
+
+
+def test_cross_attention_invariant_to_variate_permutation():
+    torch.manual_seed(0)
+    attn = VariateCrossAttention(channels=16, d_model=D_MODEL, n_heads=4)
+    h = torch.randn(2, 16, 30)
+    z = torch.randn(2, 7, D_MODEL)
+    perm = torch.randperm(7)
+    out = attn(h, attn.kv(z))
+    assert torch.allclose(out, attn(h, attn.kv(z[:, perm])), atol=1e-6)
+    assert not torch.allclose(out, h, atol=1e-4)  # it does something
+    assert not torch.allclose(out, attn(h, attn.kv(torch.randn_like(z))), atol=1e-4)
+
+
+def test_unet_invariant_to_permuting_condition_variates():
+    model = make_unet()
+    perturb_(model)
+    x, t, z = inputs()
+    perm = torch.randperm(7)
+    assert torch.allclose(model(x, t, z), model(x, t, z[:, perm]), atol=1e-5)
+
+
+def test_cross_attention_folds_repeats_like_explicit_copies():
+    torch.manual_seed(0)
+    attn = VariateCrossAttention(channels=16, d_model=D_MODEL, n_heads=2)
+    h = torch.randn(3 * 2, 16, 10)  # (S*B, C, L)
+    z = torch.randn(2, 5, D_MODEL)
+    lazy = attn(h, attn.kv(z))
+    direct = attn(h, attn.kv(z.repeat(3, 1, 1)))
+    assert torch.allclose(lazy, direct, atol=1e-6)
+
+
+def test_padding_is_cropped_and_finite():
+    model = make_unet()
+    perturb_(model)
+    x, t, z = inputs(h=36)  # padded internally to 40
+    out = model(x, t, z)
+    assert out.shape == (2, 7, 36) and torch.isfinite(out).all()
+    # replicate padding at the end: explicitly padded input gives the same first 36 steps
+    x40 = torch.cat([x, x[..., -1:].expand(-1, -1, 4)], dim=-1)
+    assert torch.allclose(model(x40, t, z)[..., :36], out, atol=1e-5)
+    for h in (1, 5, 7):
+        x, t, z = inputs(h=h)
+        out = model(x, t, z)
+        assert out.shape == (2, 7, h) and torch.isfinite(out).all()
+
+
+def test_default_widths_parameter_count_about_8m():
+    torch.manual_seed(0)
+    model = UNet1D(n_vars=7, d_model=128)  # channels (64, 128, 256, 512), cond_dim 256
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"UNet1D default params (N=7, d_model=128): {n_params:,}")
+    assert 6e6 < n_params < 12e6
+    x, t, z = torch.randn(1, 7, 96), torch.tensor([10]), torch.randn(1, 7, 128)
+    out = model(x, t, z)
+    assert out.shape == x.shape and torch.isfinite(out).all()
