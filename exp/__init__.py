@@ -6,6 +6,7 @@ import importlib
 
 TASK_REGISTRY: dict[str, str] = {
     "long_term_forecast": "exp.exp_long_term_forecasting:Exp_Long_Term_Forecast",
+    "diffusion_forecast": "exp.exp_diffusion_forecast:Exp_Diffusion_Forecast",
 }
 
 

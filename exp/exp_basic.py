@@ -154,7 +154,9 @@ class TrainingLoopMixin:
     def _to_device(self, batch) -> list[torch.Tensor]:
         return [t.float().to(self.device, non_blocking=True) for t in batch]
 
-    def _train_epoch(self, loader, optimizer, scaler, stage: str, epoch: int) -> float:
+    def _train_epoch(
+        self, loader, optimizer, scaler, stage: str, epoch: int, after_step=None
+    ) -> float:
         from utils.tools import progress
 
         self.model.train()
@@ -169,6 +171,8 @@ class TrainingLoopMixin:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if after_step is not None:
+                after_step()
             n = batch[0].shape[0]
             total, count = total + loss.item() * n, count + n
         return total / max(count, 1)

@@ -2,4 +2,6 @@
 
 MODEL_REGISTRY: dict[str, str] = {
     "iTransformer": "models.iTransformer",
+    "iTransformerDiffusion": "models.iTransformerDiffusion",
+    "iTransformerDiffusionDirect": "models.iTransformerDiffusionDirect",
 }

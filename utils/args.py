@@ -192,6 +192,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--d_model {args.d_model} is not divisible by --n_heads {args.n_heads}")
     if args.result_file is None:
         args.result_file = f"result_{args.task_name}.txt"
+    check_diffusion_args(parser, args)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -199,3 +200,112 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     check_args(parser, args)
     return args
+
+
+def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
+    from diffusion import PARAMETERIZATIONS, SAMPLERS, SCHEDULES, SPACINGS
+
+    p.add_argument("--diffusion_steps", type=int, default=1000, help="training steps T")
+    p.add_argument("--beta_schedule", default="cosine", choices=SCHEDULES, help="noise schedule")
+    p.add_argument(
+        "--parameterization",
+        default=None,
+        choices=PARAMETERIZATIONS,
+        help="network target (default: the model's own, eps or x0)",
+    )
+    p.add_argument("--cond_dim", type=int, default=256, help="width of the FiLM condition")
+    p.add_argument("--unet_channels", default="64,128,256,512", help="UNet1D widths")
+    p.add_argument(
+        "--cond_forecast",
+        type=int,
+        default=1,
+        choices=(0, 1),
+        help="feed the normalised point forecast to the denoiser as extra channels",
+    )
+    p.add_argument("--stage1_epochs", type=int, default=30, help="backbone warm-up epochs")
+    p.add_argument("--stage2_epochs", type=int, default=20, help="joint diffusion epochs")
+    p.add_argument("--stage1_lr", type=float, default=1e-4, help="AdamW lr, stage 1")
+    p.add_argument("--stage2_lr", type=float, default=1e-4, help="AdamW lr of the denoiser")
+    p.add_argument(
+        "--projection_lr",
+        type=float,
+        default=1e-5,
+        help="AdamW lr of the backbone's head in stage 2",
+    )
+    p.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
+    p.add_argument(
+        "--loss_lambda",
+        type=float,
+        default=0.5,
+        help="stage-2 loss = λ·MSE(point) + (1−λ)·diffusion loss",
+    )
+    p.add_argument("--n_samples", type=int, default=100, help="samples per window at test time")
+    p.add_argument(
+        "--sampler",
+        default="ddim",
+        choices=tuple(SAMPLERS),
+        help="ddpm (ancestral), ddim, dpm_solver (DPM-Solver++ 2M)",
+    )
+    p.add_argument(
+        "--use_ddim",
+        dest="sampler",
+        action="store_const",
+        const="ddim",
+        help="alias of --sampler ddim (the original design's flag)",
+    )
+    p.add_argument(
+        "--sampling_steps",
+        "--ddim_steps",
+        dest="sampling_steps",
+        type=int,
+        default=50,
+        help="denoising steps at test time (ddpm: all T if equal to T)",
+    )
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (1 ≈ DDPM)")
+    p.add_argument(
+        "--timestep_spacing",
+        default="linear",
+        choices=SPACINGS,
+        help="which timesteps a few-step sampler visits",
+    )
+    p.add_argument(
+        "--clip_x0",
+        type=float,
+        default=None,
+        help="clamp of the predicted x0 in normalised units (default: 3 for "
+        "iTransformerDiffusionDirect, 0 = off otherwise)",
+    )
+    p.add_argument(
+        "--sample_chunk",
+        type=int,
+        default=None,
+        help="most trajectories denoised at once (default: all samples of a batch)",
+    )
+    p.add_argument(
+        "--ema_decay",
+        type=float,
+        default=0.0,
+        help="EMA of the denoiser weights, used for evaluation (0 = off)",
+    )
+    p.add_argument("--save_samples", action="store_true", help="also write samples.npy")
+
+
+ARG_GROUPS["diffusion"] = add_diffusion_args
+
+
+def check_diffusion_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.sampling_steps < 1 or args.sampling_steps > args.diffusion_steps:
+        parser.error(
+            f"--sampling_steps {args.sampling_steps} must be between 1 and --diffusion_steps "
+            f"{args.diffusion_steps}"
+        )
+    if args.n_samples < 1:
+        parser.error(f"--n_samples must be at least 1, got {args.n_samples}")
+    if not 0.0 <= args.loss_lambda <= 1.0:
+        parser.error(f"--loss_lambda must be in [0, 1], got {args.loss_lambda}")
+    try:
+        channels = [int(c) for c in args.unet_channels.split(",")]
+    except ValueError:
+        parser.error(f"--unet_channels must be comma-separated integers, got {args.unet_channels}")
+    if not channels or min(channels) < 1:
+        parser.error(f"--unet_channels must be positive integers, got {args.unet_channels}")

@@ -1,0 +1,371 @@
+"""Probabilistic forecasting with a diffusion head on an iTransformer (``diffusion_forecast``).
+
+Stage 1 (warm-up) trains the backbone on MSE with early stopping on validation MSE. Stage 2
+freezes the embedding and encoder and trains the head (small lr) and the denoiser on
+λ·MSE + (1−λ)·diffusion loss; its checkpoint is chosen on the validation *diffusion* loss
+(fixed seed, so epochs are comparable), never on point MSE. Testing draws ``--n_samples``
+trajectories per window with any sampler and scores the whole test set with proper scores,
+next to two baselines built from the stage-1 backbone: iTransformer as a point mass, and
+iTransformer + Gaussian noise with σ per (horizon step, variate) from validation residuals.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from exp.exp_basic import Exp_Basic, TrainingLoopMixin
+from utils.metrics import ProbMetricAccumulator, metric
+from utils.tools import EarlyStopping, progress
+
+log = logging.getLogger("tsdiff")
+
+QUANTILES_SAVED = (0.05, 0.25, 0.5, 0.75, 0.95)
+BASELINES = ("itransformer", "itransformer_gaussian")
+
+
+class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
+    supported_models = ("iTransformerDiffusion", "iTransformerDiffusionDirect")
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.ema: AveragedModel | None = None
+        self.stage1_head: nn.Linear = copy.deepcopy(self.unwrapped_model().backbone.projection)
+        self.baseline_sigma: Tensor | None = None  # (H, N) validation RMSE of the backbone
+
+    # ---- one batch, shared by training and validation ------------------------------------
+    def _batch_loss(self, batch, stage: str):
+        x, y, x_mark, _ = self._to_device(batch)
+        with self.autocast():
+            loss, parts = self.unwrapped_model().loss(x, x_mark, y[:, -self.args.pred_len :], stage)
+        return loss, parts, None
+
+    # ---- training --------------------------------------------------------------------------
+    def train(self, setting: str):
+        _, train_loader = self._get_data("train")
+        _, vali_loader = self._get_data("val")
+        model = self.unwrapped_model()
+        if self.args.stage1_epochs > 0:
+            self._stage1(setting, train_loader, vali_loader)
+        self.stage1_head = copy.deepcopy(model.backbone.projection)
+        self.baseline_sigma = self._validation_rmse(vali_loader)
+        if self.args.stage2_epochs > 0:
+            self._stage2(setting, train_loader, vali_loader)
+        else:
+            self._save(self.checkpoint_path(setting), stage="warmup", epoch=0, best_score=None)
+        self.load_checkpoint(self.checkpoint_path(setting))
+        return self.model
+
+    def _stage1(self, setting, train_loader, vali_loader) -> None:
+        backbone = self.unwrapped_model().backbone
+        optimizer = torch.optim.AdamW(
+            backbone.parameters(), lr=self.args.stage1_lr, weight_decay=self.args.weight_decay
+        )
+        path = self.checkpoint_path(setting, "checkpoint_stage1.pth")
+        self._fit("warmup", self.args.stage1_epochs, optimizer, train_loader, vali_loader, path)
+        self.load_checkpoint(path)
+
+    def _stage2(self, setting, train_loader, vali_loader) -> None:
+        model = self.unwrapped_model()
+        for module in (model.backbone.enc_embedding, model.backbone.encoder):
+            module.requires_grad_(False)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": model.backbone.projection.parameters(), "lr": self.args.projection_lr},
+                {"params": model.denoiser.parameters(), "lr": self.args.stage2_lr},
+            ],
+            weight_decay=self.args.weight_decay,
+        )
+        if self.args.ema_decay > 0:
+            self.ema = AveragedModel(
+                model.denoiser, multi_avg_fn=get_ema_multi_avg_fn(self.args.ema_decay)
+            )
+        path = self.checkpoint_path(setting)
+        self._fit("joint", self.args.stage2_epochs, optimizer, train_loader, vali_loader, path)
+
+    def _fit(self, stage, epochs, optimizer, train_loader, vali_loader, path) -> None:
+        """Epoch loop of one stage: cosine annealing, early stopping, best checkpoint kept."""
+        scheduler = CosineAnnealingLR(optimizer, T_max=epochs)
+        scaler = self.grad_scaler()
+        stopper = EarlyStopping(patience=self.args.patience)
+        after_step = self._update_ema if (stage == "joint" and self.ema is not None) else None
+        for epoch in progress(range(1, epochs + 1), desc=f"stage {stage}"):
+            start = time.time()
+            train_loss = self._train_epoch(
+                train_loader, optimizer, scaler, stage, epoch, after_step=after_step
+            )
+            with self._ema_weights():
+                vali = self._validation_score(vali_loader, stage)
+            log.info(
+                "Stage %s epoch %d (%.1fs) | train loss %.6f | vali %s %.6f",
+                stage, epoch, time.time() - start, train_loss,
+                "mse" if stage == "warmup" else "diffusion loss", vali,
+            )  # fmt: skip
+            if stopper.step(vali):
+                self._save(path, stage=stage, epoch=epoch, best_score=vali)
+            scheduler.step()
+            if stopper.early_stop:
+                log.info("Early stopping in stage %s after epoch %d", stage, epoch)
+                break
+
+    def _update_ema(self) -> None:
+        self.ema.update_parameters(self.unwrapped_model().denoiser)
+
+    @contextmanager
+    def _ema_weights(self):
+        """Evaluate (and save) with the EMA denoiser weights when EMA is on."""
+        if self.ema is None:
+            yield
+            return
+        denoiser = self.unwrapped_model().denoiser
+        backup = copy.deepcopy(denoiser.state_dict())
+        denoiser.load_state_dict(self.ema.module.state_dict())
+        try:
+            yield
+        finally:
+            denoiser.load_state_dict(backup)
+
+    @torch.no_grad()
+    def _validation_score(self, loader, stage: str) -> float:
+        """warmup: validation MSE. joint: validation diffusion loss with a fixed seed."""
+        if stage == "warmup":
+            return self._eval_loss(loader, stage)
+        self.model.eval()
+        model = self.unwrapped_model()
+        generator = torch.Generator(device=self.device).manual_seed(self.args.seed)
+        total, count = 0.0, 0
+        for batch in loader:
+            x, y, x_mark, _ = self._to_device(batch)
+            y = y[:, -self.args.pred_len :]
+            with self.autocast():
+                y_det, z, norm = model.backbone_forward(x, x_mark)
+                loss = model.diffusion_loss(y, y_det, z, norm, generator=generator)
+            total, count = total + loss.item() * len(x), count + len(x)
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def _validation_rmse(self, loader) -> Tensor:
+        """σ (H, N) of the Gaussian baseline: RMSE of the backbone on validation windows."""
+        self.model.eval()
+        sq, count = 0.0, 0
+        for batch in loader:
+            x, y, x_mark, _ = self._to_device(batch)
+            y_det, _, _ = self.unwrapped_model().backbone_forward(x, x_mark)
+            sq = sq + ((y_det.float() - y[:, -self.args.pred_len :]) ** 2).sum(0)
+            count += len(x)
+        return (sq / count).sqrt().cpu()
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _save(self, path: str, **meta) -> None:
+        with self._ema_weights():
+            self.save_checkpoint(
+                path,
+                stage1_head=self.stage1_head.state_dict(),
+                baseline_sigma=self.baseline_sigma,
+                **meta,
+            )
+
+    def load_checkpoint(self, path: str):
+        state = super().load_checkpoint(path)
+        if state.get("stage1_head") is not None:
+            self.stage1_head.load_state_dict(state["stage1_head"])
+        self.baseline_sigma = state.get("baseline_sigma")
+        return state
+
+    # ---- testing -----------------------------------------------------------------------------
+    def test(self, setting: str, test: int = 0):
+        test_data, test_loader = self._get_data("test")
+        if test:
+            self.load_checkpoint(self.checkpoint_path(setting))
+        if self.baseline_sigma is None:
+            raise RuntimeError("the checkpoint has no baseline σ; train stage 1 first")
+        evaluation = Evaluation(self, test_data, len(test_data), self.results_dir(setting))
+        for index, batch in enumerate(progress(test_loader, desc="sampling")):
+            evaluation.add_batch(*self._forecast_batch(batch, index))
+        metrics = evaluation.finish()
+        self._write_log(setting, metrics)
+        return metrics
+
+    @torch.no_grad()
+    def _forecast_batch(self, batch, index: int):
+        """→ samples (S, B, H, N'), baseline mean (B, H, N'), truth (B, H, N'), seconds.
+
+        The noise of batch ``index`` comes from its own seeded generator, so a batch gets the
+        same samples whatever ran before it (re-evaluation, sharding over ranks).
+        """
+        args = self.args
+        model = self.unwrapped_model()
+        model.eval()
+        self.stage1_head.to(self.device).eval()
+        x, y, x_mark, _ = self._to_device(batch)
+        start = time.perf_counter()
+        y_det, z, norm = model.backbone_forward(x, x_mark)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(args.seed * 1_000_003 + index)
+        samples = model.sample(
+            y_det, z, norm, n_samples=args.n_samples, sampler=args.sampler,
+            steps=args.sampling_steps, eta=args.eta, spacing=args.timestep_spacing,
+            generator=generator, sample_chunk=args.sample_chunk,
+            autocast_dtype=self._amp_dtype(),
+        )  # fmt: skip
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        base = norm.denormalize(self.stage1_head(z).permute(0, 2, 1))  # (B, H, N)
+        f = -1 if args.features == "MS" else 0
+        true = y[:, -args.pred_len :, f:]
+        return samples[..., f:], base[..., f:], true, seconds
+
+    def _amp_dtype(self):
+        if not self.args.use_amp:
+            return None
+        return torch.bfloat16 if self.args.amp_dtype == "bf16" else torch.float16
+
+    def _write_log(self, setting: str, m: dict) -> None:
+        b = m["baselines"]
+        lines = [
+            f"{setting}  ",
+            f"mse:{m['mse']}, mae:{m['mae']}, rmse:{m['rmse']}",
+            f"crps:{m['crps']}, crps_fair:{m['crps_fair']}, crps_norm:{m['crps_norm']}, "
+            f"crps_sum:{m['crps_sum']}, coverage_50:{m['coverage_50']}, "
+            f"coverage_90:{m['coverage_90']}, sharpness_90:{m['sharpness_90']}",
+            *(
+                f"baseline {name}: mse:{b[name]['mse']}, mae:{b[name]['mae']}, "
+                f"crps:{b[name]['crps']}, crps_norm:{b[name]['crps_norm']}, "
+                f"coverage_50:{b[name]['coverage_50']}, coverage_90:{b[name]['coverage_90']}"
+                for name in BASELINES
+            ),
+            f"sampler:{m['sampler']}, steps:{m['sampling_steps']}, samples:{m['n_samples']}, "
+            f"windows:{m['n_windows']}, seconds_sampling:{m['seconds_sampling']:.1f}",
+        ]
+        with open(self.args.result_file, "a") as f:
+            f.write("\n".join(lines) + "\n\n")
+        log.info(format_table(m))
+
+
+class Evaluation:
+    """Streams test batches into metric accumulators and ``.npy`` files on disk.
+
+    Metrics are computed in the normalised units of the data (TSLib's default); the normalised
+    CRPS and CRPS-sum (ratios over Σ|y|, the ProbTS/GluonTS convention) in original units, as
+    published tables do; ``--inverse`` adds every metric in original units.
+    """
+
+    def __init__(self, exp: Exp_Diffusion_Forecast, dataset, n_windows: int, folder: str):
+        self.exp, self.args, self.folder = exp, exp.args, folder
+        f = -1 if self.args.features == "MS" else 0
+        self.scale = torch.tensor(dataset.scaler.scale_[f:], dtype=torch.float64)
+        self.shift = torch.tensor(dataset.scaler.mean_[f:], dtype=torch.float64)
+        self.sigma = exp.baseline_sigma[:, f:].double()  # (H, N')
+        self.acc = {k: ProbMetricAccumulator() for k in ("model", *BASELINES)}
+        self.acc_orig = {k: ProbMetricAccumulator() for k in ("model", *BASELINES)}
+        self.n_windows, self.offset, self.seconds = n_windows, 0, 0.0
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def _array(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 .npy file written batch by batch (memory stays flat for big data)."""
+        if name not in self.arrays:
+            path = os.path.join(self.folder, f"{name}.npy")
+            self.arrays[name] = np.lib.format.open_memmap(path, "w+", np.float32, shape)
+        return self.arrays[name]
+
+    def add_batch(self, samples: Tensor, base: Tensor, true: Tensor, seconds: float) -> None:
+        """samples (S, B, H, N'), base and true (B, H, N'), all in normalised units."""
+        self.seconds += seconds
+        samples, base, true = samples.double().cpu(), base.double().cpu(), true.double().cpu()
+        self._accumulate(self.acc, samples, base, self.sigma, true)
+        s, sh = self.scale, self.shift
+        self._accumulate(
+            self.acc_orig, samples * s + sh, base * s + sh, self.sigma * s, true * s + sh
+        )
+        self._write(samples, true)
+
+    def _accumulate(self, acc, samples, base, sigma, true) -> None:
+        acc["model"].update_samples(samples, true)
+        acc["itransformer"].update_gaussian(base, torch.zeros_like(sigma), true)
+        acc["itransformer_gaussian"].update_gaussian(base, sigma, true)
+
+    def _write(self, samples: Tensor, true: Tensor) -> None:
+        S, B, H, N = samples.shape
+        rows = slice(self.offset, self.offset + B)
+        window_shape = (self.n_windows, H, N)
+        self._array("pred", window_shape)[rows] = samples.mean(0).numpy()
+        self._array("pred_std", window_shape)[rows] = samples.std(0, unbiased=False).numpy()
+        self._array("true", window_shape)[rows] = true.numpy()
+        levels = torch.tensor(QUANTILES_SAVED, dtype=samples.dtype)
+        q = torch.quantile(samples, levels, dim=0)  # (Q, B, H, N)
+        self._array("quantiles", (len(QUANTILES_SAVED), *window_shape))[:, rows] = q.numpy()
+        if self.args.save_samples:
+            self._array("samples", (S, *window_shape))[:, rows] = samples.numpy()
+        self.offset += B
+
+    def finish(self) -> dict:
+        if self.offset != self.n_windows:
+            raise RuntimeError(f"evaluated {self.offset} windows, expected {self.n_windows}")
+        for array in self.arrays.values():
+            array.flush()
+        result = self._collect(self.acc)
+        orig = self._collect(self.acc_orig)
+        for key in ("crps_norm", "crps_sum"):  # ratios over Σ|y|: original units only
+            result[key] = orig[key]
+            for name in BASELINES:
+                result["baselines"][name][key] = orig["baselines"][name][key]
+        if self.args.inverse:
+            result["original_units"] = orig
+        pred, true = self.arrays["pred"], self.arrays["true"]
+        mae, mse, rmse, mape, mspe = metric(np.asarray(pred), np.asarray(true))
+        result.update(
+            sampler=self.args.sampler,
+            sampling_steps=self.args.sampling_steps,
+            n_samples=self.args.n_samples,
+            eta=self.args.eta,
+            timestep_spacing=self.args.timestep_spacing,
+            seconds_sampling=self.seconds,
+            model=self.args.model,
+            data_path=self.args.data_path,
+            pred_len=self.args.pred_len,
+        )
+        self._save(result, [mae, mse, rmse, mape, mspe])
+        return result
+
+    def _collect(self, acc) -> dict:
+        result = acc["model"].compute()
+        result["baselines"] = {name: acc[name].compute() for name in BASELINES}
+        return result
+
+    def _save(self, result: dict, point_metrics: list) -> None:
+        np.save(os.path.join(self.folder, "metrics.npy"), np.array(point_metrics))
+        keys = ("crps", "crps_fair", "crps_norm", "crps_sum", "coverage_50", "coverage_90",
+                "sharpness_90")  # fmt: skip
+        np.save(os.path.join(self.folder, "prob_metrics.npy"), np.array([result[k] for k in keys]))
+        with open(os.path.join(self.folder, "metrics.json"), "w") as f:
+            json.dump(result, f, indent=2)
+
+
+TABLE_COLUMNS = ("mse", "mae", "crps", "crps_norm", "coverage_50", "coverage_90", "sharpness_90")
+
+
+def format_table(m: dict) -> str:
+    """The model and both baselines side by side, one row each."""
+    rows = [(m["model"], m)] + [(name, m["baselines"][name]) for name in BASELINES]
+    width = max(len(name) for name, _ in rows)
+    head = f"{'':{width}}  " + "  ".join(f"{c:>12}" for c in TABLE_COLUMNS)
+    body = [
+        f"{name:{width}}  " + "  ".join(f"{r[c]:12.4f}" for c in TABLE_COLUMNS) for name, r in rows
+    ]
+    tail = (
+        f"({m['n_windows']} test windows, {m['n_samples']} samples, {m['sampler']} "
+        f"{m['sampling_steps']} steps, {m['seconds_sampling']:.1f} s sampling; "
+        "crps_norm in original units, the rest in normalised units)"
+    )
+    return "\n".join([head, *body, tail])

@@ -1,0 +1,201 @@
+"""iTransformerDiffusion: an iTransformer point forecast plus a diffused residual (ε-prediction).
+
+The iTransformer backbone gives a point forecast y_det and variate tokens z (B, N, d_model).
+A UNet1D denoiser, conditioned on z (FiLM + cross-attention) and on the normalised point
+forecast (extra input channels, ``--cond_forecast``), learns the distribution of
+
+    x0 = normalize(y) - normalize(y_det)            (the residual, in instance-normalised units)
+
+so that a sample is y_det + denormalised residual sample. ``iTransformerDiffusionDirect``
+(x0-prediction) diffuses normalize(y) itself. Everything diffusion-specific (schedule,
+parameterisation, samplers) comes from ``diffusion/``; the network knows nothing about it.
+
+Conventions: TSLib tensors (B, L, N); diffusion state (B, N, H); samples (S, B, H, N).
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffusion import (
+    alpha_bar_at,
+    diffusion_loss,
+    get_sampler,
+    make_alpha_bar,
+    q_sample,
+    to_x0_eps,
+)
+from layers.Diffusion_layers import UNet1D
+from models import iTransformer
+
+# Arguments (beyond the backbone's) that decide this model's shapes or meaning.
+ARCH_ARGS = (
+    "diffusion_steps", "beta_schedule", "parameterization", "cond_dim", "unet_channels",
+    "cond_forecast",
+)  # fmt: skip
+
+STAGES = ("warmup", "joint")
+
+
+def parse_channels(spec: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    if isinstance(spec, str):
+        return tuple(int(c) for c in spec.split(","))
+    return tuple(spec)
+
+
+class Model(nn.Module):
+    residual = True  # diffuse y - y_det rather than y
+    default_parameterization = "eps"
+    default_clip_x0 = 0.0
+
+    def __init__(self, configs: Namespace):
+        super().__init__()
+        self.pred_len = configs.pred_len
+        self.n_vars = configs.enc_in
+        self.backbone = iTransformer.Model(configs)
+        self.parameterization = configs.parameterization or self.default_parameterization
+        clip = getattr(configs, "clip_x0", None)
+        self.clip_x0 = self.default_clip_x0 if clip is None else clip
+        self.loss_lambda = configs.loss_lambda
+        self.cond_forecast = bool(configs.cond_forecast)
+        self.denoiser = UNet1D(
+            n_vars=configs.enc_in,
+            d_model=configs.d_model,
+            cond_dim=configs.cond_dim,
+            channels=parse_channels(configs.unet_channels),
+            extra_in_channels=configs.enc_in if self.cond_forecast else 0,
+        )
+        # (T,) float64 on the CPU, derived from the arguments (so not part of the state dict).
+        self.alpha_bar = make_alpha_bar(configs.beta_schedule, configs.diffusion_steps)
+        self.variate_weight: Tensor | None = None  # optional (N,) loss weights
+
+    # ---- the two halves ----------------------------------------------------------------------
+    def backbone_forward(self, x_enc: Tensor, x_mark_enc: Tensor | None):
+        """→ y_det (B, H, N) in input units, z (B, N, d_model), the window's Normalizer."""
+        return self.backbone.backbone_forward(x_enc, x_mark_enc)
+
+    def diffusion_target(self, y: Tensor, y_det: Tensor, norm) -> Tensor:
+        """What is diffused: (B, N, H) in instance-normalised units."""
+        x0 = norm.normalize(y)
+        if self.residual:
+            x0 = x0 - norm.normalize(y_det.detach())
+        return x0.permute(0, 2, 1)
+
+    def from_diffusion(self, x0: Tensor, y_det: Tensor, norm) -> Tensor:
+        """Inverse of ``diffusion_target``: (R, B, N, H) → forecasts (R, B, H, N) in input units."""
+        x = x0.permute(0, 1, 3, 2)  # (R, B, H, N)
+        if self.residual:
+            x = x + norm.normalize(y_det)
+        return norm.denormalize(x)
+
+    def _extra(self, y_det: Tensor, norm) -> Tensor | None:
+        """The normalised point forecast as extra denoiser input, (B, N, H), or None."""
+        return norm.normalize(y_det.detach()).permute(0, 2, 1) if self.cond_forecast else None
+
+    # ---- training ----------------------------------------------------------------------------
+    def loss(self, x_enc: Tensor, x_mark_enc: Tensor | None, y: Tensor, stage: str):
+        """Stage-aware loss → (total, {"mse": ..., "diff": ...}).
+
+        warmup: MSE of the point forecast. joint: λ·MSE + (1−λ)·diffusion loss.
+        """
+        y_det, z, norm = self.backbone_forward(x_enc, x_mark_enc)
+        loss_mse = F.mse_loss(y_det.float(), y)
+        if stage == "warmup":
+            return loss_mse, {"mse": loss_mse.detach()}
+        loss_diff = self.diffusion_loss(y, y_det, z, norm)
+        total = self.loss_lambda * loss_mse + (1.0 - self.loss_lambda) * loss_diff
+        return total, {"mse": loss_mse.detach(), "diff": loss_diff.detach()}
+
+    def diffusion_loss(self, y, y_det, z, norm, generator: torch.Generator | None = None):
+        x0 = self.diffusion_target(y, y_det, norm).float()  # (B, N, H)
+        B = x0.shape[0]
+        T = len(self.alpha_bar)
+        t = torch.randint(0, T, (B,), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        x_t = q_sample(x0, t, self.alpha_bar, noise)
+        out = self.denoiser(x_t, t, z, extra=self._extra(y_det, norm)).float()
+        weight = None
+        if self.variate_weight is not None:
+            weight = self.variate_weight.to(x0.device).view(1, -1, 1)
+        a_t = alpha_bar_at(self.alpha_bar, t, x0)
+        return diffusion_loss(out, x0, noise, a_t, self.parameterization, weight)
+
+    def forward(self, x_enc, x_mark_enc=None, x_dec=None, x_mark_dec=None) -> Tensor:
+        """TSLib interface: the point forecast (B, H, N)."""
+        return self.backbone_forward(x_enc, x_mark_enc)[0]
+
+    # ---- sampling ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(
+        self,
+        x_enc: Tensor,
+        x_mark_enc: Tensor | None,
+        n_samples: int = 100,
+        sampler: str = "ddim",
+        steps: int | None = 50,
+        eta: float = 0.0,
+        spacing: str = "linear",
+        generator: torch.Generator | None = None,
+        sample_chunk: int | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ):
+        """Probabilistic forecast → (mean (B, H, N), std (B, H, N), samples (S, B, H, N)).
+
+        The backbone and everything derived from z run once per window; all S·B trajectories
+        are denoised as one batch, split only into chunks of at most ``sample_chunk`` rows.
+        ``generator`` drives the initial noise and any stochastic steps.
+        """
+        y_det, z, norm = self.backbone_forward(x_enc, x_mark_enc)  # once per window
+        samples = self.sample(
+            y_det, z, norm, n_samples, sampler, steps, eta, spacing, generator, sample_chunk,
+            autocast_dtype,
+        )  # fmt: skip
+        return samples.mean(0), samples.std(0, unbiased=False), samples
+
+    @torch.inference_mode()
+    def sample(
+        self, y_det, z, norm, n_samples=100, sampler="ddim", steps=50, eta=0.0,
+        spacing="linear", generator=None, sample_chunk=None, autocast_dtype=None,
+    ) -> Tensor:  # fmt: skip
+        """Samples (S, B, H, N) in input units, given the backbone's outputs for the windows."""
+        cond = self.denoiser.encode_condition(z)  # pooled z and cross-attention k/v, once
+        extra = self._extra(y_det, norm)  # (B, N, H) or None
+        B, H, N = y_det.shape
+        per_chunk = max(1, min(n_samples, (sample_chunk or n_samples * B) // B))
+        chunks = []
+        for start in range(0, n_samples, per_chunk):
+            n = min(per_chunk, n_samples - start)
+            x0 = self._sample_chunk(
+                cond, extra, n, (B, N, H), sampler, steps, eta, spacing, generator,
+                autocast_dtype, device=y_det.device,
+            )  # fmt: skip
+            chunks.append(x0.view(n, B, N, H))
+        return self.from_diffusion(torch.cat(chunks), y_det, norm)  # (S, B, H, N)
+
+    def _sample_chunk(
+        self, cond, extra, n, shape, sampler, steps, eta, spacing, generator, autocast_dtype,
+        device,
+    ) -> Tensor:  # fmt: skip
+        """Denoise n·B trajectories at once → x0 (n·B, N, H), sample-major rows."""
+        B, N, H = shape
+        cond_n = cond.repeat(n)
+        extra_n = extra.repeat(n, 1, 1) if extra is not None else None  # (n·B, N, H)
+        ab = self.alpha_bar.tolist()
+        param, clip = self.parameterization, self.clip_x0
+
+        def denoise(x_t: Tensor, t: int) -> tuple[Tensor, Tensor]:
+            with torch.autocast(
+                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+            ):
+                out = self.denoiser(x_t, t, cond_n, extra=extra_n)
+            return to_x0_eps(out.float(), x_t, ab[t], param, clip)
+
+        x_T = torch.randn((n * B, N, H), generator=generator, device=device)
+        return get_sampler(sampler)(
+            denoise, self.alpha_bar, x_T, steps=steps, eta=eta, spacing=spacing,
+            generator=generator,
+        )  # fmt: skip
