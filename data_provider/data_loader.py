@@ -72,6 +72,8 @@ def _check_numeric(df: pd.DataFrame, path: str) -> None:
 class ForecastDataset(Dataset):
     """Sliding windows over one split of one CSV. Subclasses define the split borders."""
 
+    minute_marks = False  # timeenc=0: add TSLib's minute // 15 column whatever --freq says
+
     def __init__(
         self,
         root_path: str,
@@ -122,7 +124,7 @@ class ForecastDataset(Dataset):
         if self.timeenc == 1:
             marks = time_features(stamps, self.freq).T  # (rows, M)
         else:
-            marks = calendar_columns(stamps, self.freq)  # (rows, 4 or 5)
+            marks = calendar_columns(stamps, self.freq, self.minute_marks)  # (rows, 4 or 5)
         self.all_dates = pd.DatetimeIndex(df_raw["date"])
         self.dates = pd.DatetimeIndex(stamps)
         self.data_x = data[border1:border2].astype(np.float32)  # (rows, N)
@@ -158,10 +160,10 @@ class ForecastDataset(Dataset):
         return len(self.data_x) - self.seq_len - self.pred_len + 1
 
     def inverse_transform(self, data: np.ndarray) -> np.ndarray:
-        """Undo the scaling; accepts any shape whose last axis is the variates."""
-        shape = data.shape
-        out = self.scaler.inverse_transform(np.asarray(data).reshape(-1, shape[-1]))
-        return out.reshape(shape)
+        """Undo the scaling of any array whose last axis holds the last k columns (k = N for
+        M and S, k = 1 for the MS target)."""
+        k = data.shape[-1]
+        return np.asarray(data) * self.scaler.scale_[-k:] + self.scaler.mean_[-k:]
 
 
 class Dataset_ETT_hour(ForecastDataset):
@@ -173,6 +175,8 @@ class Dataset_ETT_hour(ForecastDataset):
 
 
 class Dataset_ETT_minute(ForecastDataset):
+    minute_marks = True
+
     def borders(self, n_rows: int) -> tuple[list[int], list[int]]:
         month = 30 * 24 * 4
         border1s = [0, 12 * month - self.seq_len, 12 * month + 4 * month - self.seq_len]

@@ -29,7 +29,7 @@ def hour_of_day(index: pd.DatetimeIndex) -> np.ndarray:
 
 
 def day_of_week(index: pd.DatetimeIndex) -> np.ndarray:
-    return index.dayofweek.to_numpy() / 6.0 - 0.5
+    return index.day_of_week.to_numpy() / 6.0 - 0.5
 
 
 def day_of_month(index: pd.DatetimeIndex) -> np.ndarray:
@@ -37,7 +37,7 @@ def day_of_month(index: pd.DatetimeIndex) -> np.ndarray:
 
 
 def day_of_year(index: pd.DatetimeIndex) -> np.ndarray:
-    return (index.dayofyear.to_numpy() - 1) / 365.0 - 0.5
+    return (index.day_of_year.to_numpy() - 1) / 365.0 - 0.5
 
 
 def month_of_year(index: pd.DatetimeIndex) -> np.ndarray:
@@ -100,10 +100,10 @@ def time_features(dates: pd.DatetimeIndex | pd.Series, freq: str = "h") -> np.nd
     return np.vstack([f(index) for f in feats])
 
 
-def calendar_columns(dates: pd.Series, freq: str) -> np.ndarray:
+def calendar_columns(dates: pd.Series, freq: str, minute: bool = False) -> np.ndarray:
     """TSLib's ``timeenc=0`` integer marks (month, day, weekday, hour[, minute // 15]) → (L, k)."""
     index = pd.DatetimeIndex(dates)
-    cols = [index.month, index.day, index.dayofweek, index.hour]
-    if base_freq(freq) in ("t", "s"):
+    cols = [index.month, index.day, index.day_of_week, index.hour]
+    if minute or base_freq(freq) in ("t", "s"):
         cols.append(index.minute // 15)
     return np.stack([np.asarray(c) for c in cols], axis=1)
