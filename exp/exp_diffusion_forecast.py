@@ -25,7 +25,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from exp.exp_basic import Exp_Basic, TrainingLoopMixin
-from utils.metrics import ProbMetricAccumulator, metric
+from utils.metrics import ProbMetricAccumulator, metric, quantiles_from_sorted
 from utils.tools import EarlyStopping, progress
 
 log = logging.getLogger("tsdiff")
@@ -283,27 +283,29 @@ class Evaluation:
         """samples (S, B, H, N'), base and true (B, H, N'), all in normalised units."""
         self.seconds += seconds
         samples, base, true = samples.double().cpu(), base.double().cpu(), true.double().cpu()
-        self._accumulate(self.acc, samples, base, self.sigma, true)
+        # one sort per batch serves every metric: the affine map to original units keeps order
+        xs = samples.permute(1, 2, 3, 0).sort(dim=-1).values.permute(3, 0, 1, 2)  # (S, B, H, N)
+        self._accumulate(self.acc, samples, xs, base, self.sigma, true)
         s, sh = self.scale, self.shift
         self._accumulate(
-            self.acc_orig, samples * s + sh, base * s + sh, self.sigma * s, true * s + sh
-        )
-        self._write(samples, true)
+            self.acc_orig, samples * s + sh, xs * s + sh, base * s + sh, self.sigma * s,
+            true * s + sh,
+        )  # fmt: skip
+        self._write(samples, xs, true)
 
-    def _accumulate(self, acc, samples, base, sigma, true) -> None:
-        acc["model"].update_samples(samples, true)
+    def _accumulate(self, acc, samples, sorted_samples, base, sigma, true) -> None:
+        acc["model"].update_samples(samples, true, sorted_samples)
         acc["itransformer"].update_gaussian(base, torch.zeros_like(sigma), true)
         acc["itransformer_gaussian"].update_gaussian(base, sigma, true)
 
-    def _write(self, samples: Tensor, true: Tensor) -> None:
+    def _write(self, samples: Tensor, sorted_samples: Tensor, true: Tensor) -> None:
         S, B, H, N = samples.shape
         rows = slice(self.offset, self.offset + B)
         window_shape = (self.n_windows, H, N)
         self._array("pred", window_shape)[rows] = samples.mean(0).numpy()
         self._array("pred_std", window_shape)[rows] = samples.std(0, unbiased=False).numpy()
         self._array("true", window_shape)[rows] = true.numpy()
-        levels = torch.tensor(QUANTILES_SAVED, dtype=samples.dtype)
-        q = torch.quantile(samples, levels, dim=0)  # (Q, B, H, N)
+        q = quantiles_from_sorted(sorted_samples, QUANTILES_SAVED)  # (Q, B, H, N)
         self._array("quantiles", (len(QUANTILES_SAVED), *window_shape))[:, rows] = q.numpy()
         if self.args.save_samples:
             self._array("samples", (S, *window_shape))[:, rows] = samples.numpy()

@@ -265,6 +265,8 @@ class UNet1D(nn.Module):
     def _global_cond(self, cond: UNetCondition, t: Tensor | int | float, rows: int) -> Tensor:
         """FiLM vector (rows, cond_dim); a scalar t is embedded once and broadcast."""
         device = cond.z_part.device
+        if isinstance(t, (int, float)):  # a fill kernel: no host-to-device copy, no sync
+            t = torch.full((1,), float(t), device=device)
         t = torch.as_tensor(t, device=device)
         if t.numel() == 1:
             t_emb = self.time_mlp(t.reshape(1))  # (1, time_dim)

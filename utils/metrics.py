@@ -424,8 +424,14 @@ class ProbMetricAccumulator:
         self._hn = (h, n)
 
     # ---- public updates -------------------------------------------------------------
-    def update_samples(self, samples: torch.Tensor, y: torch.Tensor) -> None:
-        """samples: (S, B, H, N); y: (B, H, N). Point forecast = sample mean over S."""
+    def update_samples(
+        self, samples: torch.Tensor, y: torch.Tensor, sorted_samples: torch.Tensor | None = None
+    ) -> None:
+        """samples: (S, B, H, N); y: (B, H, N). Point forecast = sample mean over S.
+
+        ``sorted_samples`` (the same samples sorted along S) saves the sort when the caller
+        already has it; the joint samples are still needed for the variate sum.
+        """
         if samples.dim() != 4:
             raise ValueError("samples must be (S, B, H, N)")
         _check_samples(samples, y)
@@ -436,7 +442,10 @@ class ProbMetricAccumulator:
             raw = samples[:, start : start + chunk]
             # the variate sum must use the joint (unsorted) samples
             xsum = torch.sort(_f64(raw).sum(-1), dim=0).values
-            xs = _sort(raw)
+            if sorted_samples is None:
+                xs = _sort(raw)
+            else:
+                xs = _f64(sorted_samples[:, start : start + chunk])
             yc = _f64(y[start : start + chunk]).to(xs.device)
             crps = crps_from_sorted(xs, yc)
             fair = crps_from_sorted(xs, yc, fair=True) if s_ > 1 else torch.full_like(yc, np.nan)
