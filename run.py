@@ -11,8 +11,9 @@ import sys
 import torch
 
 from data_provider.data_factory import resolve_dimensions
+from data_provider.data_loader import DataError
 from exp import get_exp_class
-from exp.exp_basic import set_seed, setting_name
+from exp.exp_basic import CheckpointError, set_seed, setting_name
 from utils.args import parse_args
 
 log = logging.getLogger("tsdiff")
@@ -42,5 +43,14 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
+def cli() -> None:
+    """Problems a user can fix end the run with one sentence, not a traceback."""
+    try:
+        main()
+    except (DataError, CheckpointError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -82,6 +82,7 @@ def resolve_dimensions(args: Namespace) -> None:
     if "date" not in columns:
         path = os.path.join(args.root_path, args.data_path)
         raise DataError(f"{path} has no 'date' column; its columns are {columns}")
+    args.data_columns = columns  # stored in checkpoints: a model is tied to its variates
     n = len(columns) - 1
     derived = {
         "enc_in": 1 if args.features == "S" else n,

@@ -23,7 +23,7 @@ log = logging.getLogger("tsdiff")
 # Arguments that determine a model's shapes or meaning: a checkpoint must agree on all of them.
 ARCH_ARGS = (
     "model", "features", "enc_in", "dec_in", "c_out", "seq_len", "pred_len", "d_model",
-    "n_heads", "e_layers", "d_ff", "factor", "activation", "embed", "freq",
+    "n_heads", "e_layers", "d_ff", "factor", "activation", "embed", "freq", "data_columns",
 )  # fmt: skip
 
 
@@ -113,9 +113,10 @@ class Exp_Basic:
         """Load weights after checking the checkpoint was built with these arguments."""
         state = read_checkpoint(path)
         differ = [
-            f"--{k} {state['args'].get(k)!r} in the checkpoint vs {getattr(self.args, k)!r} now"
+            f"{_arg_name(k)} {_as_plain(state['args'].get(k))!r} in the checkpoint vs "
+            f"{_as_plain(getattr(self.args, k, None))!r} now"
             for k in self.arch_args()
-            if state["args"].get(k) != getattr(self.args, k, None)
+            if _as_plain(state["args"].get(k)) != _as_plain(getattr(self.args, k, None))
         ]
         if differ:
             raise CheckpointError(
@@ -190,3 +191,11 @@ class TrainingLoopMixin:
     def grad_scaler(self) -> torch.amp.GradScaler:
         enabled = self.args.use_amp and self.args.amp_dtype == "fp16"
         return torch.amp.GradScaler(self.device.type, enabled=enabled)
+
+
+def _arg_name(key: str) -> str:
+    return "the data's columns" if key == "data_columns" else f"--{key}"
+
+
+def _as_plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

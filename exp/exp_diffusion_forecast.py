@@ -26,12 +26,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from exp.exp_basic import Exp_Basic, TrainingLoopMixin
 from utils.metrics import ProbMetricAccumulator, metric, quantiles_from_sorted
-from utils.tools import EarlyStopping, progress
+from utils.tools import EarlyStopping, progress, rng_state, set_rng_state
 
 log = logging.getLogger("tsdiff")
 
 QUANTILES_SAVED = (0.05, 0.25, 0.5, 0.75, 0.95)
 BASELINES = ("itransformer", "itransformer_gaussian")
+LAST = "checkpoint_last.pth"  # the training state after the last finished epoch (--resume)
 
 
 class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
@@ -39,6 +40,8 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
 
     def __init__(self, args):
         super().__init__(args)
+        if args.compile:
+            self.unwrapped_model().compile_denoiser()
         self.ema: AveragedModel | None = None
         self.stage1_head: nn.Linear = copy.deepcopy(self.unwrapped_model().backbone.projection)
         self.baseline_sigma: Tensor | None = None  # (H, N) validation RMSE of the backbone
@@ -55,27 +58,43 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         _, train_loader = self._get_data("train")
         _, vali_loader = self._get_data("val")
         model = self.unwrapped_model()
-        if self.args.stage1_epochs > 0:
-            self._stage1(setting, train_loader, vali_loader)
-        self.stage1_head = copy.deepcopy(model.backbone.projection)
-        self.baseline_sigma = self._validation_rmse(vali_loader)
+        resume = self._resume_state(setting)
+        if resume is None or resume["stage"] == "warmup":
+            if self.args.stage1_epochs > 0:
+                self._stage1(setting, train_loader, vali_loader, resume)
+            self.stage1_head = copy.deepcopy(model.backbone.projection)
+            self.baseline_sigma = self._validation_rmse(vali_loader)
+            resume = None
         if self.args.stage2_epochs > 0:
-            self._stage2(setting, train_loader, vali_loader)
+            self._stage2(setting, train_loader, vali_loader, resume)
         else:
             self._save(self.checkpoint_path(setting), stage="warmup", epoch=0, best_score=None)
         self.load_checkpoint(self.checkpoint_path(setting))
         return self.model
 
-    def _stage1(self, setting, train_loader, vali_loader) -> None:
+    def _resume_state(self, setting: str) -> dict | None:
+        """With --resume, the training state of the last finished epoch (weights loaded)."""
+        path = self.checkpoint_path(setting, LAST)
+        if not self.args.resume:
+            return None
+        if not os.path.exists(path):
+            log.info("--resume: no %s yet, starting from scratch", path)
+            return None
+        state = self.load_checkpoint(path)
+        log.info("Resuming stage %s after epoch %d", state["stage"], state["epoch"])
+        return state
+
+    def _stage1(self, setting, train_loader, vali_loader, resume) -> None:
         backbone = self.unwrapped_model().backbone
         optimizer = torch.optim.AdamW(
             backbone.parameters(), lr=self.args.stage1_lr, weight_decay=self.args.weight_decay
         )
         path = self.checkpoint_path(setting, "checkpoint_stage1.pth")
-        self._fit("warmup", self.args.stage1_epochs, optimizer, train_loader, vali_loader, path)
+        loaders = (train_loader, vali_loader)
+        self._fit(setting, "warmup", self.args.stage1_epochs, optimizer, loaders, path, resume)
         self.load_checkpoint(path)
 
-    def _stage2(self, setting, train_loader, vali_loader) -> None:
+    def _stage2(self, setting, train_loader, vali_loader, resume) -> None:
         model = self.unwrapped_model()
         for module in (model.backbone.enc_embedding, model.backbone.encoder):
             module.requires_grad_(False)
@@ -91,15 +110,31 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
                 model.denoiser, multi_avg_fn=get_ema_multi_avg_fn(self.args.ema_decay)
             )
         path = self.checkpoint_path(setting)
-        self._fit("joint", self.args.stage2_epochs, optimizer, train_loader, vali_loader, path)
+        loaders = (train_loader, vali_loader)
+        self._fit(setting, "joint", self.args.stage2_epochs, optimizer, loaders, path, resume)
 
-    def _fit(self, stage, epochs, optimizer, train_loader, vali_loader, path) -> None:
-        """Epoch loop of one stage: cosine annealing, early stopping, best checkpoint kept."""
+    def _fit(self, setting, stage, epochs, optimizer, loaders, path, resume=None) -> None:
+        """Epoch loop of one stage: cosine annealing, early stopping, best checkpoint kept.
+
+        After every epoch the whole training state goes to ``checkpoint_last.pth``, so that
+        --resume continues exactly where an interrupted run would have gone on.
+        """
+        train_loader, vali_loader = loaders
         scheduler = CosineAnnealingLR(optimizer, T_max=epochs)
         scaler = self.grad_scaler()
         stopper = EarlyStopping(patience=self.args.patience)
+        parts = {
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+            "scaler": scaler,
+            "stopper": stopper,
+        }
+        first, finished = 1, False
+        if resume is not None and resume["stage"] == stage:
+            self._restore(resume, parts)
+            first, finished = resume["epoch"] + 1, resume["finished"]
         after_step = self._update_ema if (stage == "joint" and self.ema is not None) else None
-        for epoch in progress(range(1, epochs + 1), desc=f"stage {stage}"):
+        for epoch in progress(range(first, epochs + 1) if not finished else [], desc=stage):
             start = time.time()
             train_loss = self._train_epoch(
                 train_loader, optimizer, scaler, stage, epoch, after_step=after_step
@@ -114,9 +149,31 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             if stopper.step(vali):
                 self._save(path, stage=stage, epoch=epoch, best_score=vali)
             scheduler.step()
+            done = stopper.early_stop or epoch == epochs
+            self._save_last(setting, stage, epoch, done, parts)
             if stopper.early_stop:
                 log.info("Early stopping in stage %s after epoch %d", stage, epoch)
                 break
+
+    def _save_last(self, setting, stage, epoch, finished, parts) -> None:
+        states = {name: part.state_dict() for name, part in parts.items()}
+        self.save_checkpoint(
+            self.checkpoint_path(setting, LAST),
+            stage=stage,
+            epoch=epoch,
+            finished=finished,
+            training={**states, "ema": self.ema.state_dict() if self.ema else None},
+            rng=rng_state(),
+            stage1_head=self.stage1_head.state_dict(),
+            baseline_sigma=self.baseline_sigma,
+        )
+
+    def _restore(self, resume: dict, parts: dict) -> None:
+        for name, part in parts.items():
+            part.load_state_dict(resume["training"][name])
+        if self.ema is not None and resume["training"]["ema"] is not None:
+            self.ema.load_state_dict(resume["training"]["ema"])
+        set_rng_state(resume["rng"])
 
     def _update_ema(self) -> None:
         self.ema.update_parameters(self.unwrapped_model().denoiser)
@@ -216,7 +273,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             y_det, z, norm, n_samples=args.n_samples, sampler=args.sampler,
             steps=args.sampling_steps, eta=args.eta, spacing=args.timestep_spacing,
             generator=generator, sample_chunk=args.sample_chunk,
-            autocast_dtype=self._amp_dtype(),
+            autocast_dtype=self._amp_dtype(), center=bool(args.center_samples),
         )  # fmt: skip
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -229,6 +229,7 @@ class UNet1D(nn.Module):
         assert len(channels) >= 1
         self.n_vars = n_vars
         self.extra_in_channels = extra_in_channels
+        self.channels = tuple(channels)
         self.multiple = 2 ** (len(channels) - 1)
         time_dim = time_dim or 4 * channels[0]
 

@@ -31,6 +31,7 @@ from diffusion import (
 )
 from layers.Diffusion_layers import UNet1D
 from models import iTransformer
+from utils.tools import CompiledOrEager, free_memory_bytes
 
 # Arguments (beyond the backbone's) that decide this model's shapes or meaning.
 ARCH_ARGS = (
@@ -72,6 +73,7 @@ class Model(nn.Module):
         # (T,) float64 on the CPU, derived from the arguments (so not part of the state dict).
         self.alpha_bar = make_alpha_bar(configs.beta_schedule, configs.diffusion_steps)
         self.variate_weight: Tensor | None = None  # optional (N,) loss weights
+        self._denoiser_fn = self.denoiser  # replaced by compile_denoiser()
 
     # ---- the two halves ----------------------------------------------------------------------
     def backbone_forward(self, x_enc: Tensor, x_mark_enc: Tensor | None):
@@ -85,11 +87,17 @@ class Model(nn.Module):
             x0 = x0 - norm.normalize(y_det.detach())
         return x0.permute(0, 2, 1)
 
-    def from_diffusion(self, x0: Tensor, y_det: Tensor, norm) -> Tensor:
-        """Inverse of ``diffusion_target``: (R, B, N, H) → forecasts (R, B, H, N) in input units."""
+    def from_diffusion(self, x0: Tensor, y_det: Tensor, norm, center: bool = False) -> Tensor:
+        """Inverse of ``diffusion_target``: (R, B, N, H) → forecasts (R, B, H, N) in input units.
+
+        ``center`` shifts each window's sample cloud so that its mean is the backbone's point
+        forecast: the denoiser then supplies only the shape of the uncertainty.
+        """
         x = x0.permute(0, 1, 3, 2)  # (R, B, H, N)
         if self.residual:
             x = x + norm.normalize(y_det)
+        if center:
+            x = x - x.mean(0, keepdim=True) + norm.normalize(y_det)
         return norm.denormalize(x)
 
     def _extra(self, y_det: Tensor, norm) -> Tensor | None:
@@ -159,13 +167,14 @@ class Model(nn.Module):
     @torch.inference_mode()
     def sample(
         self, y_det, z, norm, n_samples=100, sampler="ddim", steps=50, eta=0.0,
-        spacing="linear", generator=None, sample_chunk=None, autocast_dtype=None,
+        spacing="linear", generator=None, sample_chunk=None, autocast_dtype=None, center=False,
     ) -> Tensor:  # fmt: skip
         """Samples (S, B, H, N) in input units, given the backbone's outputs for the windows."""
         cond = self.denoiser.encode_condition(z)  # pooled z and cross-attention k/v, once
         extra = self._extra(y_det, norm)  # (B, N, H) or None
         B, H, N = y_det.shape
-        per_chunk = max(1, min(n_samples, (sample_chunk or n_samples * B) // B))
+        rows = sample_chunk or self.auto_sample_chunk(H, y_det.device)
+        per_chunk = max(1, min(n_samples, rows // B))
         chunks = []
         for start in range(0, n_samples, per_chunk):
             n = min(per_chunk, n_samples - start)
@@ -174,7 +183,27 @@ class Model(nn.Module):
                 autocast_dtype, device=y_det.device,
             )  # fmt: skip
             chunks.append(x0.view(n, B, N, H))
-        return self.from_diffusion(torch.cat(chunks), y_det, norm)  # (S, B, H, N)
+        return self.from_diffusion(torch.cat(chunks), y_det, norm, center)  # (S, B, H, N)
+
+    def auto_sample_chunk(self, H: int, device: torch.device) -> int:
+        """Most trajectories per chunk that fit a share of the free memory.
+
+        The estimate counts the UNet's activations per trajectory (input, and about eight
+        feature maps per level that are alive at once during inference) in float32.
+        """
+        unet = self.denoiser
+        L = H + (-H % unet.multiple)
+        floats = (2 * self.n_vars + unet.extra_in_channels) * L
+        for level, channels in enumerate(unet.channels):
+            floats += 8 * channels * max(1, L >> level)
+        budget = free_memory_bytes(device) // (2 if device.type == "cuda" else 4)
+        if device.type != "cuda":
+            budget = min(budget, 1 << 30)  # CPU: ≤ 1 GiB of activations; bigger is no faster
+        return max(1, int(budget // (4 * floats)))
+
+    def compile_denoiser(self) -> None:
+        """Use ``torch.compile`` for the denoiser where it works; fall back to eager otherwise."""
+        self._denoiser_fn = CompiledOrEager(self.denoiser)
 
     def _sample_chunk(
         self, cond, extra, n, shape, sampler, steps, eta, spacing, generator, autocast_dtype,
@@ -191,7 +220,7 @@ class Model(nn.Module):
             with torch.autocast(
                 device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
             ):
-                out = self.denoiser(x_t, t, cond_n, extra=extra_n)
+                out = self._denoiser_fn(x_t, t, cond_n, extra=extra_n)
             return to_x0_eps(out.float(), x_t, ab[t], param, clip)
 
         x_T = torch.randn((n * B, N, H), generator=generator, device=device)

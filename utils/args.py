@@ -279,13 +279,25 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
         "--sample_chunk",
         type=int,
         default=None,
-        help="most trajectories denoised at once (default: all samples of a batch)",
+        help="most trajectories denoised at once (default: sized from free memory)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the denoiser for sampling (falls back to eager where unsupported)",
     )
     p.add_argument(
         "--ema_decay",
         type=float,
         default=0.0,
         help="EMA of the denoiser weights, used for evaluation (0 = off)",
+    )
+    p.add_argument(
+        "--center_samples",
+        type=int,
+        default=0,
+        choices=(0, 1),
+        help="shift each window's samples so that their mean is the backbone's point forecast",
     )
     p.add_argument("--save_samples", action="store_true", help="also write samples.npy")
 

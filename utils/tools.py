@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import sys
 import tempfile
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -94,3 +96,60 @@ def progress(iterable: Iterable, **kwargs) -> Iterable:
     if not sys.stderr.isatty():
         return iterable
     return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Free memory of a CUDA device, or the host's available memory (Linux /proc/meminfo)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+class CompiledOrEager:
+    """``torch.compile(module)`` that falls back to the eager module if compiling fails."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.eager = module
+        try:
+            self.compiled = torch.compile(module)
+        except Exception as e:  # e.g. an unsupported platform or Python version
+            log.warning("torch.compile unavailable (%s); running eagerly", e)
+            self.compiled = None
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # a backend that cannot build here (no compiler, ...)
+                log.warning("torch.compile failed (%s); running eagerly", type(e).__name__)
+                self.compiled = None
+        return self.eager(*args, **kwargs)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state, in types that ``torch.load(weights_only=True)`` reads."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
