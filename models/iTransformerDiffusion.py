@@ -73,7 +73,7 @@ class Model(nn.Module):
         # (T,) float64 on the CPU, derived from the arguments (so not part of the state dict).
         self.alpha_bar = make_alpha_bar(configs.beta_schedule, configs.diffusion_steps)
         self.variate_weight: Tensor | None = None  # optional (N,) loss weights
-        self._denoiser_fn = self.denoiser  # replaced by compile_denoiser()
+        self._compiled: CompiledOrEager | None = None  # set by compile_denoiser()
 
     # ---- the two halves ----------------------------------------------------------------------
     def backbone_forward(self, x_enc: Tensor, x_mark_enc: Tensor | None):
@@ -203,7 +203,7 @@ class Model(nn.Module):
 
     def compile_denoiser(self) -> None:
         """Use ``torch.compile`` for the denoiser where it works; fall back to eager otherwise."""
-        self._denoiser_fn = CompiledOrEager(self.denoiser)
+        self._compiled = CompiledOrEager(self.denoiser)
 
     def _sample_chunk(
         self, cond, extra, n, shape, sampler, steps, eta, spacing, generator, autocast_dtype,
@@ -215,12 +215,13 @@ class Model(nn.Module):
         extra_n = extra.repeat(n, 1, 1) if extra is not None else None  # (n·B, N, H)
         ab = self.alpha_bar.tolist()
         param, clip = self.parameterization, self.clip_x0
+        net = self._compiled or self.denoiser
 
         def denoise(x_t: Tensor, t: int) -> tuple[Tensor, Tensor]:
             with torch.autocast(
                 device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
             ):
-                out = self._denoiser_fn(x_t, t, cond_n, extra=extra_n)
+                out = net(x_t, t, cond_n, extra=extra_n)
             return to_x0_eps(out.float(), x_t, ab[t], param, clip)
 
         x_T = torch.randn((n * B, N, H), generator=generator, device=device)
