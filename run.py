@@ -6,6 +6,7 @@ Parses the arguments, derives the data dimensions, and hands over to the task's 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import torch
@@ -19,25 +20,47 @@ from utils.args import parse_args
 log = logging.getLogger("tsdiff")
 
 
+def attach_run_log(path: str) -> logging.Handler:
+    """Everything this run logs (arguments, device, epochs, metrics) also goes to ``path``."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    return handler
+
+
+def run_setting(exp, args, setting: str) -> dict:
+    log.info("Args: %s", vars(args))
+    log.info("Device: %s", exp.device)
+    if args.is_training:
+        log.info(">>>>>>> start training : %s >>>>>>>", setting)
+        exp.train(setting)
+    log.info(">>>>>>> testing : %s <<<<<<<", setting)
+    metrics = exp.test(setting, test=0 if args.is_training else 1)
+    if args.do_predict:
+        exp.predict_future(setting)
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     args = parse_args(argv)
     resolve_dimensions(args)
-    log.info("Args: %s", vars(args))
     Exp = get_exp_class(args.task_name)
     metrics = {}
     for ii in range(args.itr):
         set_seed(args.seed + ii)
         exp = Exp(args)
         setting = setting_name(args, ii)
-        if args.is_training:
-            log.info(">>>>>>> start training : %s >>>>>>>", setting)
-            exp.train(setting)
-            log.info(">>>>>>> testing : %s <<<<<<<", setting)
-            metrics = exp.test(setting)
-        else:
-            log.info(">>>>>>> testing : %s <<<<<<<", setting)
-            metrics = exp.test(setting, test=1)
+        run_log = attach_run_log(os.path.join(args.results, setting, "run.log"))
+        try:
+            metrics = run_setting(exp, args, setting)
+        except Exception as e:  # recorded in run.log; cli() prints it once to the user
+            run_log.stream.write(f"error: {e}\n")
+            raise
+        finally:
+            log.removeHandler(run_log)
+            run_log.close()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return metrics

@@ -121,16 +121,25 @@ class ForecastDataset(Dataset):
             data = df_data.to_numpy()
 
         stamps = df_raw["date"].iloc[border1:border2]
-        if self.timeenc == 1:
-            marks = time_features(stamps, self.freq).T  # (rows, M)
-        else:
-            marks = calendar_columns(stamps, self.freq, self.minute_marks)  # (rows, 4 or 5)
+        marks = self.time_marks(stamps)
         self.all_dates = pd.DatetimeIndex(df_raw["date"])
         self.dates = pd.DatetimeIndex(stamps)
         self.data_x = data[border1:border2].astype(np.float32)  # (rows, N)
         self.data_y = self.data_x
         self.data_stamp = marks.astype(np.float32)
         self.full_data = data.astype(np.float32)  # every row, scaled: for --do_predict
+
+    def time_marks(self, stamps) -> np.ndarray:
+        """(rows, M) time features of the given timestamps, as the windows carry them."""
+        if self.timeenc == 1:
+            return time_features(stamps, self.freq).T
+        return calendar_columns(stamps, self.freq, self.minute_marks)  # (rows, 4 or 5)
+
+    def future_input(self) -> tuple[np.ndarray, np.ndarray, pd.DatetimeIndex]:
+        """The last ``seq_len`` rows of the CSV → (x (L, N), x_mark (L, M), the H future dates)."""
+        x = self.full_data[-self.seq_len :]
+        marks = self.time_marks(self.all_dates[-self.seq_len :]).astype(np.float32)
+        return x, marks, future_dates(self.all_dates, self.pred_len)
 
     def _check_split_lengths(self, b1: list[int], b2: list[int], n_rows: int) -> None:
         need = self.seq_len + self.pred_len
@@ -199,3 +208,12 @@ class Dataset_Custom(ForecastDataset):
         border1s = [0, num_train - self.seq_len, n_rows - num_test - self.seq_len]
         border2s = [num_train, num_train + num_vali, n_rows]
         return border1s, border2s
+
+
+def future_dates(dates: pd.DatetimeIndex, horizon: int) -> pd.DatetimeIndex:
+    """``horizon`` timestamps after the last one, continuing the series' own frequency."""
+    freq = pd.infer_freq(dates[-min(len(dates), 100) :]) if len(dates) >= 3 else None
+    if freq is not None:
+        return pd.date_range(dates[-1], periods=horizon + 1, freq=freq)[1:]
+    step = pd.Series(dates[-min(len(dates), 100) :]).diff().median()  # irregular: typical step
+    return pd.DatetimeIndex([dates[-1] + step * (i + 1) for i in range(horizon)])

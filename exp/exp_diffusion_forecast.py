@@ -19,11 +19,13 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from data_provider.data_factory import build_dataset
 from exp.exp_basic import Exp_Basic, TrainingLoopMixin
 from utils.metrics import ProbMetricAccumulator, metric, quantiles_from_sorted
 from utils.tools import EarlyStopping, progress, rng_state, set_rng_state
@@ -251,7 +253,71 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             evaluation.add_batch(*self._forecast_batch(batch, index))
         metrics = evaluation.finish()
         self._write_log(setting, metrics)
+        self._plot_test(setting, test_data, metrics)
         return metrics
+
+    def _plot_test(self, setting: str, test_data, metrics: dict) -> None:
+        """Fan charts, reliability diagram, CRPS per step and per variate → --test_results."""
+        from utils.plots import plot_run
+
+        f = -1 if self.args.features == "MS" else 0
+        windows = np.lib.stride_tricks.sliding_window_view(
+            test_data.data_x[:, f:], self.args.seq_len, axis=0
+        )  # (rows - L + 1, N', L), a view: nothing is copied
+        history = windows[: len(test_data)].transpose(0, 2, 1)  # (W, L, N')
+        names = test_data.columns[f:] if f else test_data.columns
+        folder = os.path.join(self.args.test_results, setting)
+        paths = plot_run(self.results_dir(setting), folder, metrics, names, history)
+        log.info("Figures: %s", ", ".join(paths))
+
+    @torch.no_grad()
+    def predict_future(self, setting: str) -> str:
+        """Forecast the ``pred_len`` steps after the CSV's last row → ``forecast.csv``.
+
+        One row per (date, variate) in original units: mean, median and the 5/25/75/95%
+        quantiles, from ``--n_samples`` samples of the trained model; plus a fan chart.
+        """
+        args = self.args
+        data = build_dataset(args, "test")
+        x, x_mark, dates = data.future_input()
+        x = torch.from_numpy(x)[None].to(self.device)  # (1, L, N)
+        x_mark = torch.from_numpy(x_mark)[None].to(self.device)  # (1, L, M)
+        model = self.unwrapped_model().eval()
+        generator = torch.Generator(device=self.device).manual_seed(args.seed)
+        _, _, samples = model.predict(
+            x, x_mark, args.n_samples, args.sampler, args.sampling_steps, args.eta,
+            args.timestep_spacing, generator, args.sample_chunk, self._amp_dtype(),
+        )  # fmt: skip
+        f = -1 if args.features == "MS" else 0
+        samples = data.inverse_transform(samples[:, 0, :, f:].double().cpu().numpy())  # (S, H, N')
+        names = data.columns[f:] if f else data.columns
+        table = forecast_table(samples, dates, names)
+        folder = self.results_dir(setting)
+        path = os.path.join(folder, "forecast.csv")
+        table.to_csv(path, index=False)
+        history = data.inverse_transform(data.full_data[-args.seq_len :, f:])
+        self._plot_future(setting, history, data.all_dates[-args.seq_len :], table, names)
+        log.info("Forecast of the %d steps after %s written to %s", len(dates), dates[0], path)
+        return path
+
+    def _plot_future(self, setting, history, history_dates, table, names) -> None:
+        from utils.plots import fan_chart
+
+        folder = os.path.join(self.args.test_results, setting)
+        os.makedirs(folder, exist_ok=True)
+        for i, name in enumerate(names[-3:]):  # the target is last for custom data
+            rows = table[table["variate"] == name]
+            quantiles = {q: rows[f"q{round(q * 100):02d}"].to_numpy() for q in QUANTILES_SAVED}
+            fan_chart(
+                os.path.join(folder, f"forecast_{i}_{_safe(name)}.png"),
+                history[:, len(names) - len(names[-3:]) + i],
+                None,
+                quantiles,
+                title=f"{name}: forecast of the next {len(rows)} steps (median, 50% and 90% bands)",
+                x_history=history_dates,
+                x_future=pd.DatetimeIndex(rows["date"]),
+                ylabel=f"{name} (original units)",
+            )
 
     @torch.no_grad()
     def _forecast_batch(self, batch, index: int):
@@ -428,3 +494,24 @@ def format_table(m: dict) -> str:
         "crps_norm in original units, the rest in normalised units)"
     )
     return "\n".join([head, *body, tail])
+
+
+def forecast_table(samples: np.ndarray, dates, names) -> pd.DataFrame:
+    """samples (S, H, N) in original units → one row per (date, variate) with summaries."""
+    q = np.quantile(samples, QUANTILES_SAVED, axis=0)  # (Q, H, N)
+    H, N = samples.shape[1:]
+    table = pd.DataFrame(
+        {
+            "date": np.repeat(np.asarray(dates), N),
+            "variate": np.tile(np.asarray(names, dtype=object), H),
+            "mean": samples.mean(0).reshape(-1),
+            "median": np.median(samples, axis=0).reshape(-1),
+        }
+    )
+    for level, values in zip(QUANTILES_SAVED, q):
+        table[f"q{round(level * 100):02d}"] = values.reshape(-1)
+    return table
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))

@@ -7,9 +7,11 @@ import os
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from data_provider.data_factory import build_dataset
 from exp.exp_basic import Exp_Basic, TrainingLoopMixin
 from utils.metrics import metric
 from utils.tools import EarlyStopping, adjust_learning_rate
@@ -83,3 +85,27 @@ class Exp_Long_Term_Forecast(TrainingLoopMixin, Exp_Basic):
         with open(self.args.result_file, "a") as f:
             f.write(f"{setting}  \nmse:{mse}, mae:{mae}, rmse:{rmse}, windows:{len(pred)}\n\n")
         return {"mae": mae, "mse": mse, "rmse": rmse, "mape": mape, "mspe": mspe}
+
+    @torch.no_grad()
+    def predict_future(self, setting: str) -> str:
+        """Point forecast of the ``pred_len`` steps after the CSV's last row → forecast.csv."""
+        data = build_dataset(self.args, "test")
+        x, x_mark, dates = data.future_input()
+        self.model.eval()
+        x = torch.from_numpy(x)[None].to(self.device)  # (1, L, N)
+        x_mark = torch.from_numpy(x_mark)[None].to(self.device)
+        f = -1 if self.args.features == "MS" else 0
+        pred = self.model(x, x_mark)[0, :, f:].cpu().numpy()  # (H, N')
+        pred = data.inverse_transform(pred)
+        names = data.columns[f:] if f else data.columns
+        table = pd.DataFrame(
+            {
+                "date": np.repeat(np.asarray(dates), len(names)),
+                "variate": np.tile(np.asarray(names, dtype=object), len(dates)),
+                "mean": pred.reshape(-1),
+            }
+        )
+        path = os.path.join(self.results_dir(setting), "forecast.csv")
+        table.to_csv(path, index=False)
+        log.info("Point forecast of the %d steps after the data written to %s", len(dates), path)
+        return path

@@ -86,6 +86,11 @@ def add_forecast_args(p: argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--inverse", action="store_true", help="also report metrics in the data's original units"
     )
+    p.add_argument(
+        "--do_predict",
+        action="store_true",
+        help="after training or testing, forecast the pred_len steps after the CSV's last row",
+    )
 
 
 def add_model_args(p: argparse._ArgumentGroup) -> None:
