@@ -15,13 +15,17 @@ from data_provider.data_factory import resolve_dimensions
 from data_provider.data_loader import DataError
 from exp import get_exp_class
 from exp.exp_basic import CheckpointError, set_seed, setting_name
+from utils import distributed
 from utils.args import parse_args
 
 log = logging.getLogger("tsdiff")
 
 
 def attach_run_log(path: str) -> logging.Handler:
-    """Everything this run logs (arguments, device, epochs, metrics) also goes to ``path``."""
+    """Everything this run logs (arguments, device, epochs, metrics) also goes to ``path``
+    (on rank 0 only; other ranks get a handler that writes nowhere)."""
+    if not distributed.is_main():
+        return logging.FileHandler(os.devnull)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -45,6 +49,9 @@ def run_setting(exp, args, setting: str) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     args = parse_args(argv)
+    distributed.setup(args)
+    if not distributed.is_main():
+        logging.getLogger("tsdiff").setLevel(logging.WARNING)  # rank 0 speaks for all
     resolve_dimensions(args)
     Exp = get_exp_class(args.task_name)
     metrics = {}
@@ -63,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
             run_log.close()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    distributed.teardown()
     return metrics
 
 
@@ -70,7 +78,7 @@ def cli() -> None:
     """Problems a user can fix end the run with one sentence, not a traceback."""
     try:
         main()
-    except (DataError, CheckpointError, FloatingPointError) as e:
+    except (DataError, CheckpointError, FloatingPointError, distributed.LaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

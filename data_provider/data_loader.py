@@ -30,12 +30,15 @@ def read_series_csv(path: str, target: str | None = None) -> pd.DataFrame:
 
     Raises DataError naming the file, the column and the line for every problem a user can fix.
     """
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a folder, not a CSV file (check --data_path)")
     if not os.path.isfile(path):
         raise DataError(f"data file not found: {path} (check --root_path and --data_path)")
     try:
         df = pd.read_csv(path)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"cannot read {path} as CSV: {e}") from e
+        reason = " ".join(str(e).split())  # one line, whatever the parser says
+        raise DataError(f"cannot read {path} as CSV: {reason}") from e
     if "date" not in df.columns:
         raise DataError(f"{path} has no 'date' column; its columns are {list(df.columns)}")
     if target is not None and target not in df.columns:
@@ -64,7 +67,7 @@ def _check_numeric(df: pd.DataFrame, path: str) -> None:
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
                 f"{path}: column {col!r} has a non-numeric, NaN or infinite value "
-                f"{df[col].iloc[row]!r} on line {row + 2}"
+                f"{str(df[col].iloc[row])!r} on line {row + 2}"
             )
         df[col] = values.astype(float)
 

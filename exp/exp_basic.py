@@ -16,13 +16,14 @@ from torch import nn
 
 from data_provider.data_factory import data_provider
 from models import MODEL_REGISTRY
+from utils import distributed
 from utils.tools import atomic_save
 
 log = logging.getLogger("tsdiff")
 
 # Arguments that determine a model's shapes or meaning: a checkpoint must agree on all of them.
 ARCH_ARGS = (
-    "model", "features", "enc_in", "dec_in", "c_out", "seq_len", "pred_len", "d_model",
+    "model", "features", "target", "enc_in", "dec_in", "c_out", "seq_len", "pred_len", "d_model",
     "n_heads", "e_layers", "d_ff", "factor", "activation", "embed", "freq", "data_columns",
 )  # fmt: skip
 
@@ -68,6 +69,7 @@ class Exp_Basic:
         self.device = select_device(args)
         log.info("Use %s", self.device)
         self.model = self._build_model().to(self.device)
+        self.is_main = distributed.is_main()
 
     # ---- building ------------------------------------------------------------------------
     def _build_model(self) -> nn.Module:
@@ -98,16 +100,32 @@ class Exp_Basic:
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self, path: str, **meta: Any) -> None:
-        """Weights + the arguments that built them (+ stage, epoch, score, ...), atomically."""
+        """Weights + the arguments that built them (+ stage, epoch, score, ...), atomically.
+        Only rank 0 writes; the others wait until the file is there."""
+        if not self.is_main:
+            distributed.barrier()
+            return
         state = {
             "model": self.unwrapped_model().state_dict(),
             "args": {k: v for k, v in vars(self.args).items() if _is_plain(v)},
             **meta,
         }
         atomic_save(state, path)
+        distributed.barrier()
 
     def unwrapped_model(self) -> nn.Module:
         return getattr(self.model, "module", self.model)
+
+    def wrap_ddp(self) -> None:
+        """(Re-)wrap the model in DDP over the parameters that train now (after any freezing),
+        so no stage has unused parameters. A no-op in a single process."""
+        if not distributed.active():
+            return
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        module = self.unwrapped_model()
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.model = DDP(module, device_ids=ids, broadcast_buffers=False)
 
     def load_checkpoint(self, path: str) -> dict[str, Any]:
         """Load weights after checking the checkpoint was built with these arguments."""
@@ -161,6 +179,8 @@ class TrainingLoopMixin:
         from utils.tools import progress
 
         self.model.train()
+        if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle per epoch
+            loader.sampler.set_epoch(epoch)
         total, count = 0.0, 0
         for step, batch in enumerate(progress(loader, desc=f"{stage} epoch {epoch}")):
             optimizer.zero_grad(set_to_none=True)

@@ -27,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from data_provider.data_factory import build_dataset
 from exp.exp_basic import Exp_Basic, TrainingLoopMixin
+from utils import distributed
 from utils.metrics import ProbMetricAccumulator, metric, quantiles_from_sorted
 from utils.tools import EarlyStopping, progress, rng_state, set_rng_state
 
@@ -51,8 +52,8 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
     # ---- one batch, shared by training and validation ------------------------------------
     def _batch_loss(self, batch, stage: str):
         x, y, x_mark, _ = self._to_device(batch)
-        with self.autocast():
-            loss, parts = self.unwrapped_model().loss(x, x_mark, y[:, -self.args.pred_len :], stage)
+        with self.autocast():  # through self.model, so that DDP synchronises the gradients
+            loss, parts = self.model(x, x_mark, y=y[:, -self.args.pred_len :], stage=stage)
         return loss, parts, None
 
     # ---- training --------------------------------------------------------------------------
@@ -88,6 +89,8 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
 
     def _stage1(self, setting, train_loader, vali_loader, resume) -> None:
         backbone = self.unwrapped_model().backbone
+        self.unwrapped_model().denoiser.requires_grad_(False)  # not used before stage 2
+        self.wrap_ddp()
         optimizer = torch.optim.AdamW(
             backbone.parameters(), lr=self.args.stage1_lr, weight_decay=self.args.weight_decay
         )
@@ -100,6 +103,8 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         model = self.unwrapped_model()
         for module in (model.backbone.enc_embedding, model.backbone.encoder):
             module.requires_grad_(False)
+        model.denoiser.requires_grad_(True)
+        self.wrap_ddp()
         optimizer = torch.optim.AdamW(
             [
                 {"params": model.backbone.projection.parameters(), "lr": self.args.projection_lr},
@@ -249,11 +254,14 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         if self.baseline_sigma is None:
             raise RuntimeError("the checkpoint has no baseline σ; train stage 1 first")
         evaluation = Evaluation(self, test_data, len(test_data), self.results_dir(setting))
+        rank, world = distributed.rank(), distributed.world_size()
         for index, batch in enumerate(progress(test_loader, desc="sampling")):
-            evaluation.add_batch(*self._forecast_batch(batch, index))
+            if index % world == rank:  # DDP: each rank its own batches, every batch once
+                evaluation.add_batch(index, *self._forecast_batch(batch, index))
         metrics = evaluation.finish()
-        self._write_log(setting, metrics)
-        self._plot_test(setting, test_data, metrics)
+        if self.is_main:
+            self._write_log(setting, metrics)
+            self._plot_test(setting, test_data, metrics)
         return metrics
 
     def _plot_test(self, setting: str, test_data, metrics: dict) -> None:
@@ -271,12 +279,14 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         log.info("Figures: %s", ", ".join(paths))
 
     @torch.no_grad()
-    def predict_future(self, setting: str) -> str:
+    def predict_future(self, setting: str) -> str | None:
         """Forecast the ``pred_len`` steps after the CSV's last row → ``forecast.csv``.
 
         One row per (date, variate) in original units: mean, median and the 5/25/75/95%
         quantiles, from ``--n_samples`` samples of the trained model; plus a fan chart.
         """
+        if not self.is_main:
+            return None
         args = self.args
         data = build_dataset(args, "test")
         x, x_mark, dates = data.future_input()
@@ -382,6 +392,10 @@ class Evaluation:
     Metrics are computed in the normalised units of the data (TSLib's default); the normalised
     CRPS and CRPS-sum (ratios over Σ|y|, the ProbTS/GluonTS convention) in original units, as
     published tables do; ``--inverse`` adds every metric in original units.
+
+    Each batch's contribution is kept apart and the contributions are merged in batch order at
+    the end, so that batches sharded over DDP ranks give bit-for-bit the single-process numbers;
+    every rank writes its own rows of the shared ``.npy`` files.
     """
 
     def __init__(self, exp: Exp_Diffusion_Forecast, dataset, n_windows: int, folder: str):
@@ -390,57 +404,82 @@ class Evaluation:
         self.scale = torch.tensor(dataset.scaler.scale_[f:], dtype=torch.float64)
         self.shift = torch.tensor(dataset.scaler.mean_[f:], dtype=torch.float64)
         self.sigma = exp.baseline_sigma[:, f:].double()  # (H, N')
-        self.acc = {k: ProbMetricAccumulator() for k in ("model", *BASELINES)}
-        self.acc_orig = {k: ProbMetricAccumulator() for k in ("model", *BASELINES)}
-        self.n_windows, self.offset, self.seconds = n_windows, 0, 0.0
-        self.arrays: dict[str, np.ndarray] = {}
+        self.n_windows = n_windows
+        self.parts: list[tuple[int, float, dict]] = []  # (batch index, seconds, states)
+        self.arrays = self._open_arrays(len(self.scale))
 
-    def _array(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A float32 .npy file written batch by batch (memory stays flat for big data)."""
-        if name not in self.arrays:
-            path = os.path.join(self.folder, f"{name}.npy")
-            self.arrays[name] = np.lib.format.open_memmap(path, "w+", np.float32, shape)
-        return self.arrays[name]
+    def _open_arrays(self, n_out: int) -> dict[str, np.ndarray]:
+        """float32 .npy files written batch by batch (memory stays flat for big data)."""
+        window = (self.n_windows, self.args.pred_len, n_out)
+        shapes = {"pred": window, "pred_std": window, "true": window,
+                  "quantiles": (len(QUANTILES_SAVED), *window)}  # fmt: skip
+        if self.args.save_samples:
+            shapes["samples"] = (self.args.n_samples, *window)
+        arrays = {}
+        for mode in ("w+", "r+"):  # rank 0 creates the files, then every other rank opens them
+            if (mode == "w+") == self.exp.is_main:
+                for name, shape in shapes.items():
+                    path = os.path.join(self.folder, f"{name}.npy")
+                    arrays[name] = np.lib.format.open_memmap(path, mode, np.float32, shape)
+            distributed.barrier()
+        return arrays
 
-    def add_batch(self, samples: Tensor, base: Tensor, true: Tensor, seconds: float) -> None:
-        """samples (S, B, H, N'), base and true (B, H, N'), all in normalised units."""
-        self.seconds += seconds
+    def add_batch(self, index: int, samples: Tensor, base: Tensor, true: Tensor, seconds: float):
+        """Batch ``index``: samples (S, B, H, N'), base and true (B, H, N'), normalised units."""
         samples, base, true = samples.double().cpu(), base.double().cpu(), true.double().cpu()
         # one sort per batch serves every metric: the affine map to original units keeps order
         xs = samples.permute(1, 2, 3, 0).sort(dim=-1).values.permute(3, 0, 1, 2)  # (S, B, H, N)
-        self._accumulate(self.acc, samples, xs, base, self.sigma, true)
         s, sh = self.scale, self.shift
-        self._accumulate(
-            self.acc_orig, samples * s + sh, xs * s + sh, base * s + sh, self.sigma * s,
-            true * s + sh,
-        )  # fmt: skip
-        self._write(samples, xs, true)
+        states = {
+            "norm": self._accumulate(samples, xs, base, self.sigma, true),
+            "orig": self._accumulate(
+                samples * s + sh, xs * s + sh, base * s + sh, self.sigma * s, true * s + sh
+            ),
+        }
+        self.parts.append((index, seconds, states))
+        self._write(index * self.args.batch_size, samples, xs, true)
 
-    def _accumulate(self, acc, samples, sorted_samples, base, sigma, true) -> None:
+    def _accumulate(self, samples, sorted_samples, base, sigma, true) -> dict:
+        acc = {name: ProbMetricAccumulator() for name in ("model", *BASELINES)}
         acc["model"].update_samples(samples, true, sorted_samples)
         acc["itransformer"].update_gaussian(base, torch.zeros_like(sigma), true)
         acc["itransformer_gaussian"].update_gaussian(base, sigma, true)
+        return {name: a.state() for name, a in acc.items()}
 
-    def _write(self, samples: Tensor, sorted_samples: Tensor, true: Tensor) -> None:
-        S, B, H, N = samples.shape
-        rows = slice(self.offset, self.offset + B)
-        window_shape = (self.n_windows, H, N)
-        self._array("pred", window_shape)[rows] = samples.mean(0).numpy()
-        self._array("pred_std", window_shape)[rows] = samples.std(0, unbiased=False).numpy()
-        self._array("true", window_shape)[rows] = true.numpy()
+    def _write(self, offset: int, samples: Tensor, sorted_samples: Tensor, true: Tensor) -> None:
+        rows = slice(offset, offset + samples.shape[1])
+        self.arrays["pred"][rows] = samples.mean(0).numpy()
+        self.arrays["pred_std"][rows] = samples.std(0, unbiased=False).numpy()
+        self.arrays["true"][rows] = true.numpy()
         q = quantiles_from_sorted(sorted_samples, QUANTILES_SAVED)  # (Q, B, H, N)
-        self._array("quantiles", (len(QUANTILES_SAVED), *window_shape))[:, rows] = q.numpy()
-        if self.args.save_samples:
-            self._array("samples", (S, *window_shape))[:, rows] = samples.numpy()
-        self.offset += B
+        self.arrays["quantiles"][:, rows] = q.numpy()
+        if "samples" in self.arrays:
+            self.arrays["samples"][:, rows] = samples.numpy()
+
+    def _merged(self) -> tuple[dict, dict, float]:
+        """Every rank's batch contributions, merged in batch order."""
+        parts = sorted(
+            p for rank_parts in distributed.gather_objects(self.parts) for p in rank_parts
+        )
+        totals = {u: {k: ProbMetricAccumulator() for k in ("model", *BASELINES)}
+                  for u in ("norm", "orig")}  # fmt: skip
+        for _, _, states in parts:
+            for unit, accs in totals.items():
+                for name, acc in accs.items():
+                    acc.merge(states[unit][name])
+        seconds = sum(sec for _, sec, _ in parts)
+        return totals["norm"], totals["orig"], seconds
 
     def finish(self) -> dict:
-        if self.offset != self.n_windows:
-            raise RuntimeError(f"evaluated {self.offset} windows, expected {self.n_windows}")
+        norm, orig_acc, seconds = self._merged()
         for array in self.arrays.values():
             array.flush()
-        result = self._collect(self.acc)
-        orig = self._collect(self.acc_orig)
+        distributed.barrier()
+        done = norm["model"].n_windows
+        if done != self.n_windows:
+            raise RuntimeError(f"evaluated {done} windows, expected {self.n_windows}")
+        result = self._collect(norm)
+        orig = self._collect(orig_acc)
         for key in ("crps_norm", "crps_sum"):  # ratios over Σ|y|: original units only
             result[key] = orig[key]
             for name in BASELINES:
@@ -455,12 +494,14 @@ class Evaluation:
             n_samples=self.args.n_samples,
             eta=self.args.eta,
             timestep_spacing=self.args.timestep_spacing,
-            seconds_sampling=self.seconds,
+            seconds_sampling=seconds,
             model=self.args.model,
             data_path=self.args.data_path,
             pred_len=self.args.pred_len,
+            world_size=distributed.world_size(),
         )
-        self._save(result, [mae, mse, rmse, mape, mspe])
+        if self.exp.is_main:
+            self._save(result, [mae, mse, rmse, mape, mspe])
         return result
 
     def _collect(self, acc) -> dict:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from data_provider.data_factory import build_dataset
 from exp.exp_basic import Exp_Basic, TrainingLoopMixin
+from utils import distributed
 from utils.metrics import metric
 from utils.tools import EarlyStopping, adjust_learning_rate
 
@@ -37,6 +38,7 @@ class Exp_Long_Term_Forecast(TrainingLoopMixin, Exp_Basic):
         _, train_loader = self._get_data("train")
         _, vali_loader = self._get_data("val")
         path = self.checkpoint_path(setting)
+        self.wrap_ddp()
         optimizer = torch.optim.Adam(self.model.parameters(), lr=self.args.learning_rate)
         scaler = self.grad_scaler()
         stopper = EarlyStopping(patience=self.args.patience)
@@ -60,14 +62,22 @@ class Exp_Long_Term_Forecast(TrainingLoopMixin, Exp_Basic):
 
     @torch.no_grad()
     def predict_loader(self, loader):
-        """Forecasts for every window of a loader → (pred, true), each (windows, H, N')."""
+        """Forecasts for every window of a loader → (pred, true), each (windows, H, N').
+
+        Under DDP each rank forecasts its share of the batches and all are gathered in order.
+        """
         self.model.eval()
-        preds, trues = [], []
-        for batch in loader:
-            _, pred, true = self._batch_loss(batch, "test")
-            preds.append(pred.cpu().numpy())
-            trues.append(true.cpu().numpy())
-        return np.concatenate(preds), np.concatenate(trues)
+        rank, world = distributed.rank(), distributed.world_size()
+        parts = []
+        for index, batch in enumerate(loader):
+            if index % world == rank:
+                _, pred, true = self._batch_loss(batch, "test")
+                parts.append((index, pred.cpu().numpy(), true.cpu().numpy()))
+        parts = sorted(
+            (p for rank_parts in distributed.gather_objects(parts) for p in rank_parts),
+            key=lambda p: p[0],
+        )
+        return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
     def test(self, setting: str, test: int = 0):
         test_data, test_loader = self._get_data("test")
@@ -78,17 +88,22 @@ class Exp_Long_Term_Forecast(TrainingLoopMixin, Exp_Basic):
             pred, true = test_data.inverse_transform(pred), test_data.inverse_transform(true)
         mae, mse, rmse, mape, mspe = metric(pred, true)
         log.info("test windows: %d | mse:%.6f, mae:%.6f", len(pred), mse, mae)
+        result = {"mae": mae, "mse": mse, "rmse": rmse, "mape": mape, "mspe": mspe}
+        if not self.is_main:
+            return result
         folder = self.results_dir(setting)
         np.save(os.path.join(folder, "metrics.npy"), np.array([mae, mse, rmse, mape, mspe]))
         np.save(os.path.join(folder, "pred.npy"), pred)
         np.save(os.path.join(folder, "true.npy"), true)
         with open(self.args.result_file, "a") as f:
             f.write(f"{setting}  \nmse:{mse}, mae:{mae}, rmse:{rmse}, windows:{len(pred)}\n\n")
-        return {"mae": mae, "mse": mse, "rmse": rmse, "mape": mape, "mspe": mspe}
+        return result
 
     @torch.no_grad()
-    def predict_future(self, setting: str) -> str:
+    def predict_future(self, setting: str) -> str | None:
         """Point forecast of the ``pred_len`` steps after the CSV's last row → forecast.csv."""
+        if not self.is_main:
+            return None
         data = build_dataset(self.args, "test")
         x, x_mark, dates = data.future_input()
         self.model.eval()

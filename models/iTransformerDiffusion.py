@@ -132,8 +132,11 @@ class Model(nn.Module):
         a_t = alpha_bar_at(self.alpha_bar, t, x0)
         return diffusion_loss(out, x0, noise, a_t, self.parameterization, weight)
 
-    def forward(self, x_enc, x_mark_enc=None, x_dec=None, x_mark_dec=None) -> Tensor:
-        """TSLib interface: the point forecast (B, H, N)."""
+    def forward(self, x_enc, x_mark_enc=None, x_dec=None, x_mark_dec=None, *, y=None, stage=None):
+        """TSLib interface: the point forecast (B, H, N); with ``y`` and ``stage``, the training
+        loss (so that DistributedDataParallel sees the training step as a forward call)."""
+        if stage is not None:
+            return self.loss(x_enc, x_mark_enc, y, stage)
         return self.backbone_forward(x_enc, x_mark_enc)[0]
 
     # ---- sampling ----------------------------------------------------------------------------

@@ -139,17 +139,29 @@ class _Recorder:
             if recorder.on_start is not None:
                 recorder.on_start(self, stage, epoch)
             if recorder.kill_at is not None and recorder.kill_at[:2] == (stage, epoch):
-                loader = _dies_before(loader, recorder.kill_at[2])
+                loader = _DyingLoader(loader, recorder.kill_at[2])
             return original(self, loader, optimizer, scaler, stage, epoch, after_step=after_step)
 
         monkeypatch.setattr(Exp_Diffusion_Forecast, "_train_epoch", train_epoch)
 
 
-def _dies_before(loader, step: int):
-    for i, batch in enumerate(loader):
-        if i == step:
-            raise KeyboardInterrupt
-        yield batch
+class _DyingLoader:
+    """The loader (every attribute kept), raising KeyboardInterrupt before batch ``step``."""
+
+    def __init__(self, loader, step: int):
+        self.loader, self.step = loader, step
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i == self.step:
+                raise KeyboardInterrupt
+            yield batch
 
 
 ALL_EPOCHS = [("warmup", e) for e in range(1, STAGE1 + 1)] + [
@@ -236,21 +248,9 @@ def _write_bad(case: str, data, folder: Path) -> tuple[Path, list[str]]:
 
 BAD_DATA = ["missing", "garbage", "empty", "directory", "no_date", "bad_date", "non_numeric",
             "nan", "inf", "ragged"]  # fmt: skip
-RAGGED_BUG = (
-    "data_loader.read_series_csv: pandas' ParserError text ends with '\\n', so the DataError "
-    "(and cli's stderr) is two lines; strip the wrapped message"
-)
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=RAGGED_BUG))
-        if c == "ragged"
-        else c
-        for c in BAD_DATA
-    ],
-)
+@pytest.mark.parametrize("case", BAD_DATA)
 def test_bad_data_is_one_sentence_naming_the_culprit(case, data, baseline, tmp_path):
     """A training run on bad data stops with a DataError naming the file (and column, line)
     and leaves the checkpoints already saved under the same setting untouched."""
@@ -413,13 +413,6 @@ def test_checkpoint_of_other_variates_is_refused(data, baseline, tmp_path):
     assert digests(ckpt) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exp/exp_basic.py ARCH_ARGS omits 'target': Dataset_Custom moves --target last, so "
-    "--target x1 feeds the variates in another order (and --features S another column) to a "
-    "checkpoint trained with --target y; it is accepted and baseline σ / denoiser channels "
-    "are misassigned",
-)
 def test_checkpoint_with_other_target_is_refused(data, baseline, tmp_path):
     ckpt = copy_checkpoints(baseline.out, tmp_path)
     with pytest.raises(CheckpointError, match="--target"):

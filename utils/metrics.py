@@ -479,6 +479,23 @@ class ProbMetricAccumulator:
             std=sigma,
         )
 
+    # ---- combining ------------------------------------------------------------------
+    def state(self) -> dict:
+        """The sums and counts so far (small tensors): what ``merge`` adds to another."""
+        return {"s": self.s, "n_windows": self.n_windows, "hn": self._hn}
+
+    def merge(self, state: dict) -> None:
+        """Add another accumulator's ``state()``; merging per-batch states in batch order gives
+        bit-for-bit the sums of updating one accumulator batch by batch."""
+        if state["s"] is None:
+            return
+        if self._hn is not None and state["hn"] is not None and self._hn != tuple(state["hn"]):
+            raise ValueError(f"(H, N) differ: {self._hn} vs {tuple(state['hn'])}")
+        for key, value in state["s"].items():
+            self._add(key, value)
+        self.n_windows += state["n_windows"]
+        self._hn = tuple(state["hn"]) if state["hn"] is not None else self._hn
+
     # ---- result ---------------------------------------------------------------------
     def compute(self) -> dict:
         """Return the metrics dict (floats, lists, and a ``reliability`` dict)."""
