@@ -405,7 +405,7 @@ class Evaluation:
         self.shift = torch.tensor(dataset.scaler.mean_[f:], dtype=torch.float64)
         self.sigma = exp.baseline_sigma[:, f:].double()  # (H, N')
         self.n_windows = n_windows
-        self.parts: list[tuple[int, float, dict]] = []  # (batch index, seconds, states)
+        self.parts: list[tuple[int, int, float, dict]] = []  # (batch, first row, seconds, states)
         self.arrays = self._open_arrays(len(self.scale))
 
     def _open_arrays(self, n_out: int) -> dict[str, np.ndarray]:
@@ -425,19 +425,32 @@ class Evaluation:
         return arrays
 
     def add_batch(self, index: int, samples: Tensor, base: Tensor, true: Tensor, seconds: float):
-        """Batch ``index``: samples (S, B, H, N'), base and true (B, H, N'), normalised units."""
-        samples, base, true = samples.double().cpu(), base.double().cpu(), true.double().cpu()
-        # one sort per batch serves every metric: the affine map to original units keeps order
-        xs = samples.permute(1, 2, 3, 0).sort(dim=-1).values.permute(3, 0, 1, 2)  # (S, B, H, N)
+        """Batch ``index``: samples (S, B, H, N'), base and true (B, H, N'), normalised units.
+
+        Windows are scored a few at a time so that memory stays bounded for wide data.
+        """
+        S, B, H, N = samples.shape
+        step = max(1, (1 << 24) // (S * H * N))  # ≤ 16M sample values per chunk
+        for start in range(0, B, step):
+            rows = slice(start, start + step)
+            states, chunk, chunk_sorted, chunk_true = self._score(
+                samples[:, rows].float().cpu(), base[rows], true[rows]
+            )
+            self.parts.append((index, start, seconds if start == 0 else 0.0, states))
+            offset = index * self.args.batch_size + start
+            self._write(offset, chunk, chunk_sorted, chunk_true)
+
+    def _score(self, samples: Tensor, base: Tensor, true: Tensor) -> dict:
+        base, true = base.double().cpu(), true.double().cpu()
+        # one sort serves every metric: the affine map to original units keeps the order
+        xs = samples.permute(1, 2, 3, 0).sort(dim=-1).values.permute(3, 0, 1, 2)  # (S, b, H, N)
         s, sh = self.scale, self.shift
-        states = {
-            "norm": self._accumulate(samples, xs, base, self.sigma, true),
-            "orig": self._accumulate(
-                samples * s + sh, xs * s + sh, base * s + sh, self.sigma * s, true * s + sh
-            ),
-        }
-        self.parts.append((index, seconds, states))
-        self._write(index * self.args.batch_size, samples, xs, true)
+        states = {"norm": self._accumulate(samples, xs, base, self.sigma, true)}
+        s32, sh32 = s.float(), sh.float()
+        states["orig"] = self._accumulate(
+            samples * s32 + sh32, xs * s32 + sh32, base * s + sh, self.sigma * s, true * s + sh
+        )
+        return states, samples, xs, true
 
     def _accumulate(self, samples, sorted_samples, base, sigma, true) -> dict:
         acc = {name: ProbMetricAccumulator() for name in ("model", *BASELINES)}
@@ -463,11 +476,11 @@ class Evaluation:
         )
         totals = {u: {k: ProbMetricAccumulator() for k in ("model", *BASELINES)}
                   for u in ("norm", "orig")}  # fmt: skip
-        for _, _, states in parts:
+        for _, _, _, states in parts:
             for unit, accs in totals.items():
                 for name, acc in accs.items():
                     acc.merge(states[unit][name])
-        seconds = sum(sec for _, sec, _ in parts)
+        seconds = sum(sec for _, _, sec, _ in parts)
         return totals["norm"], totals["orig"], seconds
 
     def finish(self) -> dict:

@@ -50,7 +50,7 @@ def parse_channels(spec: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
 
 class Model(nn.Module):
     residual = True  # diffuse y - y_det rather than y
-    default_parameterization = "eps"
+    default_parameterization = "v"  # eps diverges at the cosine schedule's end (see README)
     default_clip_x0 = 0.0
 
     def __init__(self, configs: Namespace):
@@ -153,6 +153,7 @@ class Model(nn.Module):
         generator: torch.Generator | None = None,
         sample_chunk: int | None = None,
         autocast_dtype: torch.dtype | None = None,
+        center: bool = False,
     ):
         """Probabilistic forecast → (mean (B, H, N), std (B, H, N), samples (S, B, H, N)).
 
@@ -163,7 +164,7 @@ class Model(nn.Module):
         y_det, z, norm = self.backbone_forward(x_enc, x_mark_enc)  # once per window
         samples = self.sample(
             y_det, z, norm, n_samples, sampler, steps, eta, spacing, generator, sample_chunk,
-            autocast_dtype,
+            autocast_dtype, center,
         )  # fmt: skip
         return samples.mean(0), samples.std(0, unbiased=False), samples
 

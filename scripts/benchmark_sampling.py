@@ -50,6 +50,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--table_windows", type=int, default=256, help="windows for table (b)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--root_path", default="./dataset/ETT-small/")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast in predict (as --use_amp)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
     return p.parse_args()
 
 
@@ -108,6 +110,10 @@ def looped_original(model, x, x_mark, n_samples, steps, generator):
     return torch.stack(outs)  # (S, B, H, N)
 
 
+def amp_dtype(opts):
+    return torch.bfloat16 if opts.amp else None
+
+
 def timed(fn, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -134,12 +140,19 @@ def throughput(model, args, opts, device) -> float:
     gen = torch.Generator(device=device)
     model.predict(x[:2], x_mark[:2], n_samples=2, sampler="ddim", steps=2)  # warm-up
     gen.manual_seed(0)
-    _, t_batched = timed(
-        lambda: model.predict(x, x_mark, S, opts.sampler, steps, generator=gen), device
+    batched = lambda: model.predict(  # noqa: E731
+        x, x_mark, S, opts.sampler, steps, generator=gen, autocast_dtype=amp_dtype(opts)
     )
+    if opts.compile:
+        model.compile_denoiser()
+        batched()  # compile outside the timing
+        gen.manual_seed(0)
+    _, t_batched = timed(batched, device)
     gen.manual_seed(0)
     _, t_looped = timed(lambda: looped_original(model, x, x_mark, S, steps, gen), device)
+    extras = " + ".join(n for n, on in (("bf16", opts.amp), ("compile", opts.compile)) if on)
     print(f"(a) {S} samples x {B} windows x {steps} {opts.sampler} steps on {device}")
+    print(f"    predict options: {extras or 'fp32, eager'}; the looped original: fp32, eager")
     print(f"    predict (batched): {work / t_batched:12.1f} trajectory-steps/s ({t_batched:.2f} s)")
     print(f"    looped original:   {work / t_looped:12.1f} trajectory-steps/s ({t_looped:.2f} s)")
     return t_looped / t_batched
@@ -155,7 +168,14 @@ def crps_table(model, args, opts, device) -> None:
         gen = torch.Generator(device=device).manual_seed(0)
         (_, _, samples), sec = timed(
             lambda s=sampler, k=steps, g=gen: model.predict(
-                x, x_mark, opts.n_samples, s, k, generator=g
+                x,
+                x_mark,
+                opts.n_samples,
+                s,
+                k,
+                generator=g,
+                center=bool(args.center_samples),
+                autocast_dtype=amp_dtype(opts),
             ),
             device,
         )

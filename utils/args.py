@@ -300,7 +300,7 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--center_samples",
         type=int,
-        default=0,
+        default=1,
         choices=(0, 1),
         help="shift each window's samples so that their mean is the backbone's point forecast",
     )

@@ -160,7 +160,7 @@ def fan_chart(
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         if dated:
             fig.autofmt_xdate()
-        ax.legend(loc="upper left", fontsize=8, framealpha=0.85)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, framealpha=0.85)
     return _save(fig, path)
 
 
