@@ -215,7 +215,8 @@ class Dataset_Custom(ForecastDataset):
 
 def future_dates(dates: pd.DatetimeIndex, horizon: int) -> pd.DatetimeIndex:
     """``horizon`` timestamps after the last one, continuing the series' own frequency."""
-    freq = pd.infer_freq(dates[-min(len(dates), 100) :]) if len(dates) >= 3 else None
+    recent = dates[-min(len(dates), 100) :]
+    freq = pd.DatetimeIndex(recent.values, freq="infer").freq if len(recent) >= 3 else None
     if freq is not None:
         return pd.date_range(dates[-1], periods=horizon + 1, freq=freq)[1:]
     step = pd.Series(dates[-min(len(dates), 100) :]).diff().median()  # irregular: typical step
