@@ -34,7 +34,8 @@ def attach_run_log(path: str) -> logging.Handler:
 
 
 def run_setting(exp, args, setting: str) -> dict:
-    log.info("Args: %s", vars(args))
+    log.info("Args: %s", {k: v for k, v in vars(args).items() if k != "data_columns"})
+    log.info("Data columns: %s", ", ".join(map(str, args.data_columns)))
     log.info("Device: %s", exp.device)
     if args.is_training:
         log.info(">>>>>>> start training : %s >>>>>>>", setting)
