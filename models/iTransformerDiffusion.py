@@ -87,17 +87,11 @@ class Model(nn.Module):
             x0 = x0 - norm.normalize(y_det.detach())
         return x0.permute(0, 2, 1)
 
-    def from_diffusion(self, x0: Tensor, y_det: Tensor, norm, center: bool = False) -> Tensor:
-        """Inverse of ``diffusion_target``: (R, B, N, H) → forecasts (R, B, H, N) in input units.
-
-        ``center`` shifts each window's sample cloud so that its mean is the backbone's point
-        forecast: the denoiser then supplies only the shape of the uncertainty.
-        """
+    def from_diffusion(self, x0: Tensor, y_det: Tensor, norm) -> Tensor:
+        """Inverse of ``diffusion_target``: (R, B, N, H) → forecasts (R, B, H, N) in input units."""
         x = x0.permute(0, 1, 3, 2)  # (R, B, H, N)
         if self.residual:
             x = x + norm.normalize(y_det)
-        if center:
-            x = x - x.mean(0, keepdim=True) + norm.normalize(y_det)
         return norm.denormalize(x)
 
     def _extra(self, y_det: Tensor, norm) -> Tensor | None:
@@ -179,25 +173,28 @@ class Model(nn.Module):
         B, H, N = y_det.shape
         rows = sample_chunk or self.auto_sample_chunk(H, y_det.device)
         per_chunk = max(1, min(n_samples, rows // B))
-        chunks = []
+        out = torch.empty((n_samples, B, H, N), device=y_det.device)  # (S, B, H, N)
         for start in range(0, n_samples, per_chunk):
             n = min(per_chunk, n_samples - start)
             x0 = self._sample_chunk(
                 cond, extra, n, (B, N, H), sampler, steps, eta, spacing, generator,
                 autocast_dtype, device=y_det.device,
             )  # fmt: skip
-            chunks.append(x0.view(n, B, N, H))
-        return self.from_diffusion(torch.cat(chunks), y_det, norm, center)  # (S, B, H, N)
+            out[start : start + n] = self.from_diffusion(x0.view(n, B, N, H), y_det, norm)
+        if center:  # each window's sample mean becomes the backbone's point forecast
+            out += y_det.float() - out.mean(0)
+        return out
 
     def auto_sample_chunk(self, H: int, device: torch.device) -> int:
         """Most trajectories per chunk that fit a share of the free memory.
 
-        The estimate counts the UNet's activations per trajectory (input, and about eight
-        feature maps per level that are alive at once during inference) in float32.
+        The estimate counts, per trajectory in float32, the sampler's tensors of the state's
+        size and about eight UNet feature maps per level alive at once during inference.
         """
         unet = self.denoiser
         L = H + (-H % unet.multiple)
-        floats = (2 * self.n_vars + unet.extra_in_channels) * L
+        # state, noise, network input and output, x0/eps estimates, the update: ~12 maps of N·L
+        floats = 12 * (self.n_vars + unet.extra_in_channels) * L
         for level, channels in enumerate(unet.channels):
             floats += 8 * channels * max(1, L >> level)
         budget = free_memory_bytes(device) // (2 if device.type == "cuda" else 4)
