@@ -29,7 +29,7 @@ from data_provider.data_factory import build_dataset
 from exp.exp_basic import Exp_Basic, TrainingLoopMixin
 from utils import distributed
 from utils.metrics import ProbMetricAccumulator, metric, quantiles_from_sorted
-from utils.tools import EarlyStopping, progress, rng_state, set_rng_state
+from utils.tools import EarlyStopping, progress, release_memory, rng_state, set_rng_state
 
 log = logging.getLogger("tsdiff")
 
@@ -439,6 +439,8 @@ class Evaluation:
             self.parts.append((index, start, seconds if start == 0 else 0.0, states))
             offset = index * self.args.batch_size + start
             self._write(offset, chunk, chunk_sorted, chunk_true)
+            del chunk, chunk_sorted
+            release_memory()
 
     def _score(self, samples: Tensor, base: Tensor, true: Tensor) -> dict:
         base, true = base.double().cpu(), true.double().cpu()
