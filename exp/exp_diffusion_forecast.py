@@ -307,7 +307,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         table.to_csv(path, index=False)
         history = data.inverse_transform(data.full_data[-args.seq_len :, f:])
         self._plot_future(setting, history, data.all_dates[-args.seq_len :], table, names)
-        log.info("Forecast of the %d steps after %s written to %s", len(dates), dates[0], path)
+        log.info("Forecast for %s … %s written to %s", dates[0], dates[-1], path)
         return path
 
     def _plot_future(self, setting, history, history_dates, table, names) -> None:
@@ -317,7 +317,10 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         os.makedirs(folder, exist_ok=True)
         for i, name in enumerate(names[-3:]):  # the target is last for custom data
             rows = table[table["variate"] == name]
-            quantiles = {q: rows[f"q{round(q * 100):02d}"].to_numpy() for q in QUANTILES_SAVED}
+            quantiles = {
+                q: rows["median" if q == 0.5 else f"q{round(q * 100):02d}"].to_numpy()
+                for q in QUANTILES_SAVED
+            }
             fan_chart(
                 os.path.join(folder, f"forecast_{i}_{_safe(name)}.png"),
                 history[:, len(names) - len(names[-3:]) + i],
@@ -565,7 +568,8 @@ def forecast_table(samples: np.ndarray, dates, names) -> pd.DataFrame:
         }
     )
     for level, values in zip(QUANTILES_SAVED, q):
-        table[f"q{round(level * 100):02d}"] = values.reshape(-1)
+        if level != 0.5:  # the median has its own column
+            table[f"q{round(level * 100):02d}"] = values.reshape(-1)
     return table
 
 
