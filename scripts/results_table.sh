@@ -4,7 +4,7 @@
 # from utils.summarize.
 #   bash scripts/results_table.sh          # full protocol (GPU): the design's sizes, 100 samples, DDIM 50
 #   bash scripts/results_table.sh --cpu    # reduced CPU protocol: the quickstart's sizes, 50 samples, DDPM 10
-# Outputs go to ./results_table/ (git-ignored through results*/ patterns below).
+# Outputs go to ./results_table/ (git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
