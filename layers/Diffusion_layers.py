@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,44 @@ from torch import Tensor, nn
 def group_count(channels: int, groups: int = 8) -> int:
     """Largest divisor of `channels` not above `groups` that also divides `groups` (gcd)."""
     return math.gcd(channels, groups)
+
+
+class Conv1d(nn.Conv1d):
+    """nn.Conv1d that also takes (B, C, 1, L) features in channels-last memory (B, L, C).
+
+    The U-Net keeps its features that way: oneDNN's convolutions over few channels run several
+    times faster on channels-last data than on (B, C, L) rows, and cuDNN prefers it for bf16.
+    The weights and the state dict are those of nn.Conv1d.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3:
+            return super().forward(x)
+        return F.conv2d(
+            x,
+            self.weight.unsqueeze(2),
+            self.bias,
+            stride=(1, self.stride[0]),
+            padding=(0, self.padding[0]),
+        )
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that normalises half-precision CPU features in float32.
+
+    CUDA autocast already runs group_norm in float32; CPU autocast does not, and oneDNN's
+    bfloat16 kernel for channels-last features is several times slower than the float32 one.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+            return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+def to_features(x: Tensor) -> Tensor:
+    """(B, C, L) -> (B, C, 1, L) in channels-last memory, the U-Net's feature layout."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
 
 
 class SinusoidalPosEmb(nn.Module):
@@ -76,9 +115,10 @@ class FiLMLayer(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, h: Tensor, c: Tensor) -> Tensor:
-        """h (B, C, L) already normalised, c (B, cond_dim) -> (B, C, L)."""
-        gamma, beta = self.proj(F.silu(c)).unsqueeze(-1).chunk(2, dim=1)  # 2 x (B, C, 1)
-        return h * (1 + gamma) + beta
+        """h (B, C, ...) already normalised, c (B, cond_dim) -> like h."""
+        film = self.proj(F.silu(c))  # (B, 2C)
+        gamma, beta = film.view(*film.shape, *[1] * (h.dim() - 2)).chunk(2, dim=1)  # (B, C, 1..)
+        return torch.addcmul(beta, h, 1 + gamma)  # one pass over h
 
 
 class ResBlock1D(nn.Module):
@@ -88,13 +128,13 @@ class ResBlock1D(nn.Module):
         self, in_ch: int, out_ch: int, cond_dim: int, groups: int = 8, dropout: float = 0.0
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv1d(in_ch, out_ch, 3, padding=1)
-        self.norm1 = nn.GroupNorm(group_count(out_ch, groups), out_ch)
+        self.conv1 = Conv1d(in_ch, out_ch, 3, padding=1)
+        self.norm1 = GroupNorm(group_count(out_ch, groups), out_ch)
         self.film = FiLMLayer(cond_dim, out_ch)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv1d(out_ch, out_ch, 3, padding=1)
-        self.norm2 = nn.GroupNorm(group_count(out_ch, groups), out_ch)
-        self.res_conv = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.conv2 = Conv1d(out_ch, out_ch, 3, padding=1)
+        self.norm2 = GroupNorm(group_count(out_ch, groups), out_ch)
+        self.res_conv = Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         h = F.silu(self.film(self.norm1(self.conv1(x)), c))  # (B, out_ch, L)
@@ -102,12 +142,33 @@ class ResBlock1D(nn.Module):
         return h + self.res_conv(x)
 
 
+class AttentionKV(NamedTuple):
+    """What one cross-attention layer needs from z, computed once per window.
+
+    k, v: (B, heads, N, head_dim), the textbook keys and values.
+    keys: (B, heads*N, C), the keys with the query projection and 1/sqrt(head_dim) folded in;
+    values: (B, C, heads*N), the values with the output projection (and its bias) folded in.
+    The folded pair is None where it would be larger than the textbook path (many variates).
+    """
+
+    k: Tensor
+    v: Tensor
+    keys: Tensor | None
+    values: Tensor | None
+
+
 class VariateCrossAttention(nn.Module):
     """Horizon positions (queries) attend over the N variate tokens of z (keys/values).
 
     `kv(z)` depends on z only. `forward(h, kv)` accepts k/v with batch B while h has batch
-    S*B (sample-major, row s*B + b is window b): the S samples are folded into the query
-    length, so k/v are never copied.
+    S*B (sample-major, row s*B + b is window b).
+
+    Two exact evaluations of the same function. The textbook one projects every position to a
+    query, attends and projects back; it folds the S samples into the query length so that k/v
+    are never copied. With few variates (heads*N small next to the channels and the length)
+    the query and output projections are folded into the keys and values once per window:
+    scores = keys @ norm(h) and out = values @ softmax(scores), two small matmuls in the
+    (C, L) layout with no transposes, several times faster on a CPU.
     """
 
     def __init__(self, channels: int, d_model: int, n_heads: int = 4, groups: int = 8) -> None:
@@ -115,32 +176,66 @@ class VariateCrossAttention(nn.Module):
         assert channels % n_heads == 0, "channels must be divisible by n_heads"
         self.n_heads = n_heads
         self.head_dim = channels // n_heads
-        self.norm = nn.GroupNorm(group_count(channels, groups), channels)
+        self.norm = GroupNorm(group_count(channels, groups), channels)
         self.to_q = nn.Linear(channels, channels, bias=False)
         self.to_kv = nn.Linear(d_model, 2 * channels, bias=False)
         self.to_out = nn.Linear(channels, channels)
 
-    def kv(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """z (B, N, d_model) -> k, v each (B, heads, N, head_dim)."""
+    def kv(self, z: Tensor) -> AttentionKV:
+        """z (B, N, d_model) -> AttentionKV (see there)."""
         B, N, _ = z.shape
-        kv = self.to_kv(z).view(B, N, 2, self.n_heads, self.head_dim)  # (B, N, 2, hs, hd)
+        hs, hd = self.n_heads, self.head_dim
+        C = hs * hd
+        kv = self.to_kv(z).view(B, N, 2, hs, hd)  # (B, N, 2, hs, hd)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, hs, N, hd)
-        return k, v
+        if hs * N > 2 * C:  # folding would cost more than it saves
+            return AttentionKV(k, v, None, None)
+        w_q = self.to_q.weight.view(hs, hd, C)  # query of head h = w_q[h] @ x
+        keys = torch.einsum("bhnd,hdc->bhnc", k, w_q).reshape(B, hs * N, C) * hd**-0.5
+        w_o = self.to_out.weight.view(C, hs, hd)  # out = sum_h w_o[:, h] @ o_h + bias
+        values = torch.einsum("bhnd,chd->bchn", v, w_o).reshape(B, C, hs * N)
+        # each head's attention weights sum to one, so bias / heads on every value adds the bias
+        values = values + self.to_out.bias.view(1, C, 1) / hs
+        return AttentionKV(k, v, keys, values)
 
-    def forward(self, h: Tensor, kv: tuple[Tensor, Tensor]) -> Tensor:
-        """h (R*B, C, L), kv from `kv(z)` with batch B -> (R*B, C, L)."""
-        k, v = kv
-        RB, C, L = h.shape
-        B = k.shape[0]
+    def forward(self, h: Tensor, kv: AttentionKV | tuple[Tensor, Tensor]) -> Tensor:
+        """h (R*B, C, L) or U-Net features (R*B, C, 1, L), kv from `kv(z)` with batch B
+        -> like h."""
+        k, v = kv[0], kv[1]
+        hn = self.norm(h)
+        if h.dim() == 4:
+            hn = hn.squeeze(2)  # (R*B, C, L), possibly channels-last strides
+        RB, C, L = hn.shape
+        B, _, N, _ = k.shape
         assert RB % B == 0, f"feature batch {RB} is not a multiple of condition batch {B}"
         R = RB // B
-        q = self.to_q(self.norm(h).transpose(1, 2))  # (R*B, L, C)
-        q = q.view(R, B, L, self.n_heads, self.head_dim)  # (R, B, L, hs, hd)
-        q = q.permute(1, 3, 0, 2, 4).reshape(B, self.n_heads, R * L, self.head_dim)
-        o = F.scaled_dot_product_attention(q, k, v)  # (B, hs, R*L, hd)
-        o = o.view(B, self.n_heads, R, L, self.head_dim)  # (B, hs, R, L, hd)
-        o = o.permute(2, 0, 3, 1, 4).reshape(RB, L, C)  # (R*B, L, C)
-        return h + self.to_out(o).transpose(1, 2)  # (R*B, C, L)
+        if isinstance(kv, AttentionKV) and kv.keys is not None and self.n_heads * N <= 2 * L:
+            out = self._folded(hn, kv.keys, kv.values, R)  # (R*B, L, C)
+        else:
+            q = self.to_q(hn.transpose(1, 2))  # (R*B, L, C)
+            q = q.view(R, B, L, self.n_heads, self.head_dim)  # (R, B, L, hs, hd)
+            q = q.permute(1, 3, 0, 2, 4).reshape(B, self.n_heads, R * L, self.head_dim)
+            o = F.scaled_dot_product_attention(q, k, v)  # (B, hs, R*L, hd)
+            o = o.view(B, self.n_heads, R, L, self.head_dim)  # (B, hs, R, L, hd)
+            o = o.permute(2, 0, 3, 1, 4).reshape(RB, L, C)  # (R*B, L, C)
+            out = self.to_out(o)  # (R*B, L, C)
+        out = out.transpose(1, 2)  # (R*B, C, L) with channels-last strides
+        return h + (out.unsqueeze(2) if h.dim() == 4 else out)
+
+    def _folded(self, hn: Tensor, keys: Tensor, values: Tensor, R: int) -> Tensor:
+        """hn (R*B, C, L) normalised, keys (B, K, C), values (B, C, K) -> (R*B, L, C)."""
+        RB, C, L = hn.shape
+        B, K, _ = keys.shape
+        if R == 1:
+            scores = torch.bmm(keys, hn)  # (B, K, L)
+        else:  # broadcast over the R samples: copies only the small (B, K, C) keys
+            scores = torch.matmul(keys, hn.reshape(R, B, C, L)).view(RB, K, L)
+        attn = scores.view(RB, self.n_heads, K // self.n_heads, L).softmax(dim=2)
+        attn = attn.to(values.dtype).view(RB, K, L)  # softmax may run in float32 under autocast
+        if R == 1:
+            return torch.bmm(attn.transpose(1, 2), values.transpose(1, 2))  # (B, L, C)
+        out = torch.matmul(attn.view(R, B, K, L).transpose(-1, -2), values.transpose(1, 2))
+        return out.view(RB, L, C)
 
 
 class DownBlock1D(nn.Module):
@@ -151,7 +246,7 @@ class DownBlock1D(nn.Module):
     ) -> None:
         super().__init__()
         self.res = ResBlock1D(in_ch, in_ch, cond_dim, groups, dropout)
-        self.down = nn.Conv1d(in_ch, out_ch, 4, stride=2, padding=1)
+        self.down = Conv1d(in_ch, out_ch, 4, stride=2, padding=1)
 
     def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         skip = self.res(x, c)  # (B, in_ch, L)
@@ -172,12 +267,13 @@ class UpBlock1D(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.up = nn.Conv1d(in_ch, out_ch, 3, padding=1)
+        self.up = Conv1d(in_ch, out_ch, 3, padding=1)
         self.res = ResBlock1D(2 * out_ch, out_ch, cond_dim, groups, dropout)
         self.attn = VariateCrossAttention(out_ch, d_model, n_heads, groups)
 
-    def forward(self, x: Tensor, skip: Tensor, c: Tensor, kv: tuple[Tensor, Tensor]) -> Tensor:
-        h = self.up(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, out_ch, 2L)
+    def forward(self, x: Tensor, skip: Tensor, c: Tensor, kv: AttentionKV) -> Tensor:
+        scale = (1.0, 2.0) if x.dim() == 4 else 2.0  # the length only
+        h = self.up(F.interpolate(x, scale_factor=scale, mode="nearest"))  # (B, out_ch, 2L)
         h = self.res(torch.cat([h, skip], dim=1), c)  # (B, out_ch, 2L)
         return self.attn(h, kv)
 
@@ -187,13 +283,16 @@ class UNetCondition:
     """Everything UNet1D needs from z, computed once per forecast window.
 
     z_part: (B, cond_dim) z half of the ConditionProjector.
-    kv: one (k, v) per cross-attention layer, each (B, heads, N, head_dim).
+    kv: one AttentionKV per cross-attention layer.
+    extra_feat: (B, C0, 1, L) the first convolution applied to the extra input channels (the
+        point forecast), which do not change from step to step; None if not given.
     n_repeat: the condition serves n_repeat * B rows laid out sample-major (row s*B + b is
         window b), like `tensor.repeat(n_repeat, 1, ...)`, without materialising the copies.
     """
 
     z_part: Tensor
-    kv: tuple[tuple[Tensor, Tensor], ...]
+    kv: tuple[AttentionKV, ...]
+    extra_feat: Tensor | None = None
     n_repeat: int = 1
 
     @property
@@ -241,7 +340,7 @@ class UNet1D(nn.Module):
         )
         self.cond_proj = ConditionProjector(d_model, time_dim, cond_dim)
 
-        self.init_conv = nn.Conv1d(n_vars + extra_in_channels, channels[0], 7, padding=3)
+        self.init_conv = Conv1d(n_vars + extra_in_channels, channels[0], 7, padding=3)
         pairs = list(zip(channels[:-1], channels[1:]))
         self.downs = nn.ModuleList([DownBlock1D(i, o, cond_dim, groups, dropout) for i, o in pairs])
         self.mid_res1 = ResBlock1D(channels[-1], channels[-1], cond_dim, groups, dropout)
@@ -250,18 +349,47 @@ class UNet1D(nn.Module):
         self.ups = nn.ModuleList(
             [UpBlock1D(o, i, cond_dim, d_model, n_heads, groups, dropout) for i, o in pairs[::-1]]
         )
-        self.final_norm = nn.GroupNorm(group_count(channels[0], groups), channels[0])
-        self.final_conv = nn.Conv1d(channels[0], n_vars, 1)
+        self.final_norm = GroupNorm(group_count(channels[0], groups), channels[0])
+        self.final_conv = Conv1d(channels[0], n_vars, 1)
 
     # ---- condition caching ------------------------------------------------------------------
 
     def _attn_layers(self) -> list[VariateCrossAttention]:
         return [self.mid_attn] + [up.attn for up in self.ups]
 
-    def encode_condition(self, z: Tensor) -> UNetCondition:
-        """z (B, N, d_model) -> UNetCondition holding every z-only quantity."""
+    def encode_condition(self, z: Tensor, extra: Tensor | None = None) -> UNetCondition:
+        """z (B, N, d_model), optional extra (B, E, H) -> UNetCondition holding every
+        quantity that depends on them alone (not on the noisy state or the step)."""
         kv = tuple(attn.kv(z) for attn in self._attn_layers())
-        return UNetCondition(z_part=self.cond_proj.encode(z), kv=kv)
+        extra_feat = None
+        if extra is not None:
+            assert extra.shape[1] == self.extra_in_channels, "extra has the wrong channel count"
+            w = self.init_conv.weight[:, self.n_vars :]  # the extra channels' share of the conv
+            extra_feat = F.conv2d(
+                to_features(self._pad(extra)), w.unsqueeze(2), self.init_conv.bias, padding=(0, 3)
+            )  # (B, C0, 1, L) channels-last
+        return UNetCondition(z_part=self.cond_proj.encode(z), kv=kv, extra_feat=extra_feat)
+
+    def _pad(self, x: Tensor) -> Tensor:
+        """Replicate-pad the length to a multiple of 2^(levels-1)."""
+        pad = -x.shape[-1] % self.multiple
+        return F.pad(x, (0, pad), mode="replicate") if pad else x
+
+    def _first_conv(self, x: Tensor, cond: UNetCondition, extra: Tensor | None) -> Tensor:
+        """init_conv of [x, extra] as U-Net features (R*B, C0, 1, L); reuses cond.extra_feat
+        when it is there."""
+        if cond.extra_feat is not None:
+            assert extra is None, "extra was already given to encode_condition"
+            w = self.init_conv.weight[:, : self.n_vars]
+            h = F.conv2d(to_features(self._pad(x)), w.unsqueeze(2), padding=(0, 3))
+            h.view(-1, *cond.extra_feat.shape).add_(cond.extra_feat)  # (R, B, C0, 1, L)
+            return h  # (R*B, C0, 1, L) channels-last
+        if self.extra_in_channels:
+            assert extra is not None and extra.shape[1] == self.extra_in_channels
+            x = torch.cat([x, extra], dim=1)  # (R*B, N+E, H)
+        else:
+            assert extra is None, "extra given but extra_in_channels == 0"
+        return self.init_conv(to_features(self._pad(x)))
 
     def _global_cond(self, cond: UNetCondition, t: Tensor | int | float, rows: int) -> Tensor:
         """FiLM vector (rows, cond_dim); a scalar t is embedded once and broadcast."""
@@ -287,23 +415,14 @@ class UNet1D(nn.Module):
         extra: Tensor | None = None,
     ) -> Tensor:
         """x (R*B, N, H), t scalar or (R*B,), cond from encode_condition (or raw z (R*B, N, d)),
-        extra (R*B, E, H) when extra_in_channels > 0 -> (R*B, N, H)."""
+        extra (R*B, E, H) when extra_in_channels > 0 unless given to encode_condition
+        -> (R*B, N, H)."""
         if isinstance(cond, Tensor):
             cond = self.encode_condition(cond)
         rows, _, H = x.shape
         assert rows == cond.batch_size, f"x has {rows} rows, condition serves {cond.batch_size}"
-        if self.extra_in_channels:
-            assert extra is not None and extra.shape[1] == self.extra_in_channels
-            x = torch.cat([x, extra], dim=1)  # (R*B, N+E, H)
-        else:
-            assert extra is None, "extra given but extra_in_channels == 0"
-
-        pad = -H % self.multiple
-        if pad:
-            x = F.pad(x, (0, pad), mode="replicate")  # (R*B, N+E, H+pad)
-
         c = self._global_cond(cond, t, rows)  # (R*B, cond_dim)
-        h = self.init_conv(x)  # (R*B, C0, L)
+        h = self._first_conv(x, cond, extra)  # (R*B, C0, 1, L) channels-last, L = H padded
         skips = []
         for down in self.downs:
             h, skip = down(h, c)
@@ -314,5 +433,5 @@ class UNet1D(nn.Module):
         h = self.mid_res2(h, c)
         for up, kv in zip(self.ups, up_kvs):
             h = up(h, skips.pop(), c, kv)
-        out = self.final_conv(F.silu(self.final_norm(h)))  # (R*B, N, L)
-        return out[..., :H]  # (R*B, N, H)
+        out = self.final_conv(F.silu(self.final_norm(h)))  # (R*B, N, 1, L)
+        return out.squeeze(2)[..., :H].contiguous()  # (R*B, N, H)
