@@ -48,6 +48,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         self.ema: AveragedModel | None = None
         self.stage1_head: nn.Linear = copy.deepcopy(self.unwrapped_model().backbone.projection)
         self.baseline_sigma: Tensor | None = None  # (H, N) validation RMSE of the backbone
+        self.spread_scale = 1.0  # set by calibrate_spread() before testing
 
     # ---- one batch, shared by training and validation ------------------------------------
     def _batch_loss(self, batch, stage: str):
@@ -248,11 +249,12 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
 
     # ---- testing -----------------------------------------------------------------------------
     def test(self, setting: str, test: int = 0):
-        test_data, test_loader = self._get_data("test")
+        test_data, test_loader = self._get_data(self.args.eval_split)
         if test:
             self.load_checkpoint(self.checkpoint_path(setting))
         if self.baseline_sigma is None:
             raise RuntimeError("the checkpoint has no baseline σ; train stage 1 first")
+        self.calibrate_spread()
         evaluation = Evaluation(self, test_data, len(test_data), self.results_dir(setting))
         rank, world = distributed.rank(), distributed.world_size()
         for index, batch in enumerate(progress(test_loader, desc="sampling")):
@@ -293,11 +295,11 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         x = torch.from_numpy(x)[None].to(self.device)  # (1, L, N)
         x_mark = torch.from_numpy(x_mark)[None].to(self.device)  # (1, L, M)
         model = self.unwrapped_model().eval()
+        self.calibrate_spread()
         generator = torch.Generator(device=self.device).manual_seed(args.seed)
-        _, _, samples = model.predict(
-            x, x_mark, args.n_samples, args.sampler, args.sampling_steps, args.eta,
-            args.timestep_spacing, generator, args.sample_chunk, self._amp_dtype(),
-        )  # fmt: skip
+        with torch.no_grad():
+            y_det, z, norm = model.backbone_forward(x, x_mark)
+            samples = self._sample(y_det, z, norm, generator)  # (S, 1, H, N)
         f = -1 if args.features == "MS" else 0
         samples = data.inverse_transform(samples[:, 0, :, f:].double().cpu().numpy())  # (S, H, N')
         names = data.columns[f:] if f else data.columns
@@ -332,8 +334,44 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
                 ylabel=f"{name} (original units)",
             )
 
+    # ---- spread calibration --------------------------------------------------------------------
+    SCALES = np.exp(np.arange(-40, 57) * 0.025)  # 0.37 … 4.05, 2.5% apart, 1.0 at index 40
+
     @torch.no_grad()
-    def _forecast_batch(self, batch, index: int):
+    def calibrate_spread(self) -> float:
+        """Fit one factor for the spread of the samples around their mean, on validation data.
+
+        With --calibrate_spread 1, up to --calib_windows validation windows (evenly spaced over
+        the split) are sampled exactly as the test windows will be (same sampler, steps and
+        samples), and the factor s in SCALES that minimises their CRPS is kept: every test
+        sample becomes mean + s·(sample − mean). The mean, and so the MSE, does not change.
+        This is the diffusion model's counterpart of the Gaussian baseline's σ, which also
+        comes from validation residuals. The ensemble CRPS is convex in s, so a grid suffices.
+        """
+        self.spread_scale = 1.0
+        args = self.args
+        if not args.calibrate_spread:
+            return 1.0
+        data = build_dataset(args, "val")
+        count = min(args.calib_windows, len(data))
+        picks = np.unique(np.linspace(0, len(data) - 1, count).round().astype(int))
+        subset = torch.utils.data.Subset(data, picks.tolist())
+        loader = torch.utils.data.DataLoader(subset, batch_size=args.batch_size, shuffle=False)
+        total = torch.zeros(len(self.SCALES), dtype=torch.float64)
+        for index, batch in enumerate(progress(loader, desc="calibrating spread")):
+            samples, _, true, _ = self._forecast_batch(batch, -1 - index, scaled=False)
+            total += crps_by_spread_scale(samples.float().cpu(), true.float().cpu(), self.SCALES)
+        crps = total / (len(picks) * true[0].numel())
+        best = int(crps.argmin())
+        self.spread_scale = float(self.SCALES[best])
+        log.info(
+            "Spread calibration on %d validation windows: scale %.3f, CRPS %.4f (%.4f unscaled)",
+            len(picks), self.spread_scale, float(crps[best]), float(crps[40]),
+        )  # fmt: skip
+        return self.spread_scale
+
+    @torch.no_grad()
+    def _forecast_batch(self, batch, index: int, scaled: bool = True):
         """→ samples (S, B, H, N'), baseline mean (B, H, N'), truth (B, H, N'), seconds.
 
         The noise of batch ``index`` comes from its own seeded generator, so a batch gets the
@@ -348,12 +386,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         y_det, z, norm = model.backbone_forward(x, x_mark)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(args.seed * 1_000_003 + index)
-        samples = model.sample(
-            y_det, z, norm, n_samples=args.n_samples, sampler=args.sampler,
-            steps=args.sampling_steps, eta=args.eta, spacing=args.timestep_spacing,
-            generator=generator, sample_chunk=args.sample_chunk,
-            autocast_dtype=self._amp_dtype(), center=bool(args.center_samples),
-        )  # fmt: skip
+        samples = self._sample(y_det, z, norm, generator, scaled)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
@@ -361,6 +394,21 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         f = -1 if args.features == "MS" else 0
         true = y[:, -args.pred_len :, f:]
         return samples[..., f:], base[..., f:], true, seconds
+
+    def _sample(self, y_det, z, norm, generator, scaled: bool = True) -> Tensor:
+        """Samples (S, B, H, N) as the run's arguments ask, spread-calibrated if ``scaled``."""
+        args = self.args
+        samples = self.unwrapped_model().sample(
+            y_det, z, norm, n_samples=args.n_samples, sampler=args.sampler,
+            steps=args.sampling_steps, eta=args.eta, spacing=args.timestep_spacing,
+            generator=generator, sample_chunk=args.sample_chunk,
+            autocast_dtype=self._amp_dtype(), center=bool(args.center_samples),
+        )  # fmt: skip
+        if scaled and self.spread_scale != 1.0:
+            mean = samples.mean(0)
+            with torch.inference_mode():  # in place: the samples can be large
+                samples.sub_(mean).mul_(self.spread_scale).add_(mean)
+        return samples
 
     def _amp_dtype(self):
         if not self.args.use_amp:
@@ -382,7 +430,8 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
                 for name in BASELINES
             ),
             f"sampler:{m['sampler']}, steps:{m['sampling_steps']}, samples:{m['n_samples']}, "
-            f"windows:{m['n_windows']}, seconds_sampling:{m['seconds_sampling']:.1f}",
+            f"windows:{m['n_windows']}, split:{m['eval_split']}, "
+            f"spread_scale:{m['spread_scale']:.3f}, seconds_sampling:{m['seconds_sampling']:.1f}",
         ]
         with open(self.args.result_file, "a") as f:
             f.write("\n".join(lines) + "\n\n")
@@ -513,6 +562,8 @@ class Evaluation:
             eta=self.args.eta,
             timestep_spacing=self.args.timestep_spacing,
             seconds_sampling=seconds,
+            spread_scale=self.exp.spread_scale,
+            eval_split=self.args.eval_split,
             model=self.args.model,
             data_path=self.args.data_path,
             pred_len=self.args.pred_len,
@@ -534,6 +585,27 @@ class Evaluation:
         np.save(os.path.join(self.folder, "prob_metrics.npy"), np.array([result[k] for k in keys]))
         with open(os.path.join(self.folder, "metrics.json"), "w") as f:
             json.dump(result, f, indent=2)
+
+
+def crps_by_spread_scale(samples: Tensor, true: Tensor, scales) -> Tensor:
+    """Σ over (window, step, variate) of the ensemble CRPS of mean + s·(samples − mean), for
+    every s in ``scales`` → float64 (len(scales),). samples (S, B, H, N), true (B, H, N).
+
+    With d the sorted deviations from the mean, CRPS(s) = E|mean + s·d − y| − s·½E|d − d'|,
+    and ½E|d − d'| = Σᵢ (2i − S − 1)·d₍ᵢ₎ / S²; a few windows at a time keep memory flat.
+    """
+    S = samples.shape[0]
+    weights = ((2 * torch.arange(1, S + 1) - S - 1).float() / S**2).view(-1, 1, 1, 1)
+    term1 = torch.zeros(len(scales), dtype=torch.float64)
+    spread = torch.zeros((), dtype=torch.float64)
+    for part in range(0, len(true), 4):
+        x, y = samples[:, part : part + 4], true[part : part + 4]
+        mean = x.mean(0)
+        dev = (x - mean).sort(dim=0).values  # (S, b, H, N)
+        spread += (weights * dev).sum().double()
+        for k, scale in enumerate(list(scales)):
+            term1[k] += (dev * float(scale) + (mean - y)).abs().mean(0).sum().double()
+    return term1 - torch.as_tensor(scales, dtype=torch.float64) * spread
 
 
 TABLE_COLUMNS = ("mse", "mae", "crps", "crps_norm", "coverage_50", "coverage_90", "sharpness_90")

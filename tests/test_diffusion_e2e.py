@@ -105,3 +105,20 @@ def test_same_seed_same_samples(workdir):
     first = run.main(argv(workdir, model, "--is_training", "0", "--sampler", "dpm_solver"))
     second = run.main(argv(workdir, model, "--is_training", "0", "--sampler", "dpm_solver"))
     assert first["crps"] == second["crps"] and first["mse"] == second["mse"]
+
+
+def test_spread_calibration_rescales_around_the_mean(workdir):
+    """--calibrate_spread fits one factor on validation windows; the samples widen or narrow
+    around an unchanged mean, and --calibrate_spread 0 leaves them as drawn."""
+    model = "iTransformerDiffusion"
+    if not (workdir / "checkpoints").exists():
+        run.main(argv(workdir, model))
+    off = run.main(argv(workdir, model, "--is_training", "0", "--calibrate_spread", "0"))
+    on = run.main(argv(workdir, model, "--is_training", "0", "--calib_windows", "40"))
+    assert off["spread_scale"] == 1.0 and off["eval_split"] == "test"
+    assert on["spread_scale"] != 1.0  # this tiny model is far from calibrated
+    assert on["mse"] == pytest.approx(off["mse"], rel=1e-5)  # the mean does not move
+    ratio = on["sharpness_90"] / off["sharpness_90"]
+    assert ratio == pytest.approx(on["spread_scale"], rel=0.02)  # interval width scales with s
+    val = run.main(argv(workdir, model, "--is_training", "0", "--eval_split", "val"))
+    assert val["eval_split"] == "val" and val["n_windows"] == 40 - 12 + 1  # 40 val rows

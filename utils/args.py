@@ -304,6 +304,26 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
         choices=(0, 1),
         help="shift each window's samples so that their mean is the backbone's point forecast",
     )
+    p.add_argument(
+        "--calibrate_spread",
+        type=int,
+        default=1,
+        choices=(0, 1),
+        help="scale the samples' spread around their mean by the factor that minimises CRPS "
+        "on validation windows (fitted before each evaluation; the mean is unchanged)",
+    )
+    p.add_argument(
+        "--calib_windows",
+        type=int,
+        default=256,
+        help="validation windows (evenly spaced) used by --calibrate_spread",
+    )
+    p.add_argument(
+        "--eval_split",
+        default="test",
+        choices=("test", "val"),
+        help="split that testing scores (val: for ablations that must not look at test data)",
+    )
     p.add_argument("--save_samples", action="store_true", help="also write samples.npy")
 
 
@@ -318,6 +338,8 @@ def check_diffusion_args(parser: argparse.ArgumentParser, args: argparse.Namespa
         )
     if args.n_samples < 1:
         parser.error(f"--n_samples must be at least 1, got {args.n_samples}")
+    if args.calib_windows < 1:
+        parser.error(f"--calib_windows must be at least 1, got {args.calib_windows}")
     if not 0.0 <= args.loss_lambda <= 1.0:
         parser.error(f"--loss_lambda must be in [0, 1], got {args.loss_lambda}")
     try:
