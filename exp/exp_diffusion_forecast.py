@@ -102,17 +102,22 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
 
     def _stage2(self, setting, train_loader, vali_loader, resume) -> None:
         model = self.unwrapped_model()
-        for module in (model.backbone.enc_embedding, model.backbone.encoder):
-            module.requires_grad_(False)
+        encoder = (model.backbone.enc_embedding, model.backbone.encoder)
+        for module in encoder:
+            module.requires_grad_(bool(self.args.finetune_encoder))
         model.denoiser.requires_grad_(True)
+        if self.args.variate_weights == "val_mse":  # harder variates weigh more, mean 1
+            per_variate = (self.baseline_sigma.float() ** 2).mean(0)  # (N,) validation MSE
+            model.variate_weight = (per_variate / per_variate.mean()).to(self.device)
         self.wrap_ddp()
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": model.backbone.projection.parameters(), "lr": self.args.projection_lr},
-                {"params": model.denoiser.parameters(), "lr": self.args.stage2_lr},
-            ],
-            weight_decay=self.args.weight_decay,
-        )
+        groups = [
+            {"params": model.backbone.projection.parameters(), "lr": self.args.projection_lr},
+            {"params": model.denoiser.parameters(), "lr": self.args.stage2_lr},
+        ]
+        if self.args.finetune_encoder:
+            params = [p for module in encoder for p in module.parameters()]
+            groups.append({"params": params, "lr": self.args.projection_lr})
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.args.weight_decay)
         if self.args.ema_decay > 0:
             self.ema = AveragedModel(
                 model.denoiser, multi_avg_fn=get_ema_multi_avg_fn(self.args.ema_decay)

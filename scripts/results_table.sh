@@ -4,7 +4,9 @@
 # from utils.summarize.
 #   bash scripts/results_table.sh          # full protocol (GPU): the design's sizes, 100 samples, DDIM 50
 #   bash scripts/results_table.sh --cpu    # reduced CPU protocol: the quickstart's sizes, 50 samples, DDPM 10
-# Outputs go to ./results_table/ (git-ignored).
+# Subsets: MODELS="iTransformerDiffusion" DATASETS="ETTh1 ETTh2" bash scripts/results_table.sh --cpu
+# (names as in the first column of `runs` below; weather, exchange_rate, national_illness for
+# the custom ones). Outputs go to ./results_table/ (git-ignored); runs already there are redone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,9 +29,12 @@ runs=(
   "custom ./dataset/exchange_rate/ exchange_rate.csv 96 48 96"
   "custom ./dataset/illness/ national_illness.csv 36 18 24"
 )
-for model in iTransformerDiffusion iTransformerDiffusionDirect; do
+models=${MODELS:-iTransformerDiffusion iTransformerDiffusionDirect}
+for model in $models; do
   for spec in "${runs[@]}"; do
     read -r data root file seq label horizon <<< "$spec"
+    name=${file%.csv}
+    if [[ -n "${DATASETS:-}" && " $DATASETS " != *" $name "* ]]; then continue; fi
     python -u run.py --task_name diffusion_forecast --is_training 1 --model "$model" \
       --data "$data" --root_path "$root" --data_path "$file" --features M \
       --seq_len "$seq" --label_len "$label" --pred_len "$horizon" \

@@ -122,3 +122,22 @@ def test_spread_calibration_rescales_around_the_mean(workdir):
     assert ratio == pytest.approx(on["spread_scale"], rel=0.02)  # interval width scales with s
     val = run.main(argv(workdir, model, "--is_training", "0", "--eval_split", "val"))
     assert val["eval_split"] == "val" and val["n_windows"] == 40 - 12 + 1  # 40 val rows
+
+
+@pytest.mark.parametrize("finetune", [0, 1])
+def test_stage2_encoder_frozen_or_finetuned(tmp_path, workdir, finetune):
+    """Stage 2 leaves the embedding and encoder exactly as stage 1 left them unless
+    --finetune_encoder 1; --variate_weights val_mse trains with per-variate weights."""
+    import torch
+
+    extra = ["--finetune_encoder", str(finetune), "--variate_weights", "val_mse",
+             "--checkpoints", str(tmp_path), "--model_id", f"ft{finetune}"]  # fmt: skip
+    metrics = run.main(argv(workdir, "iTransformerDiffusion", *extra))
+    assert np.isfinite(metrics["crps"])
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    stage1 = torch.load(folder / "checkpoint_stage1.pth", weights_only=False)["model"]
+    final = torch.load(folder / "checkpoint.pth", weights_only=False)["model"]
+    encoder = [k for k in final if k.startswith(("backbone.encoder.", "backbone.enc_embedding."))]
+    assert encoder
+    changed = any(not torch.equal(stage1[k], final[k]) for k in encoder)
+    assert changed == bool(finetune)

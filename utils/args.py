@@ -239,6 +239,20 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
     )
     p.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
     p.add_argument(
+        "--finetune_encoder",
+        type=int,
+        default=0,
+        choices=(0, 1),
+        help="stage 2 also trains the embedding and encoder (at --projection_lr); 0 = frozen",
+    )
+    p.add_argument(
+        "--variate_weights",
+        default="none",
+        choices=("none", "val_mse"),
+        help="per-variate weights of the diffusion loss: val_mse = the stage-1 backbone's "
+        "validation MSE per variate, normalised to mean 1 (harder variates weigh more)",
+    )
+    p.add_argument(
         "--loss_lambda",
         type=float,
         default=0.5,
