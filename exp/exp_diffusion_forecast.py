@@ -48,7 +48,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         self.ema: AveragedModel | None = None
         self.stage1_head: nn.Linear = copy.deepcopy(self.unwrapped_model().backbone.projection)
         self.baseline_sigma: Tensor | None = None  # (H, N) validation RMSE of the backbone
-        self.spread_scale = 1.0  # set by calibrate_spread() before testing
+        self.spread_scale: Tensor | None = None  # (N',) from calibrate_spread() before testing
 
     # ---- one batch, shared by training and validation ------------------------------------
     def _batch_loss(self, batch, stage: str):
@@ -340,38 +340,48 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             )
 
     # ---- spread calibration --------------------------------------------------------------------
-    SCALES = np.exp(np.arange(-40, 57) * 0.025)  # 0.37 … 4.05, 2.5% apart, 1.0 at index 40
+    SCALES = np.exp(np.arange(-40, 57) * 0.025)  # 0.37 … 4.05, 2.5% apart
+    UNIT = 40  # SCALES[UNIT] == 1
 
     @torch.no_grad()
-    def calibrate_spread(self) -> float:
-        """Fit one factor for the spread of the samples around their mean, on validation data.
+    def calibrate_spread(self) -> Tensor | None:
+        """Fit the spread of the samples around their mean on validation data.
 
-        With --calibrate_spread 1, up to --calib_windows validation windows (evenly spaced over
-        the split) are sampled exactly as the test windows will be (same sampler, steps and
-        samples), and the factor s in SCALES that minimises their CRPS is kept: every test
-        sample becomes mean + s·(sample − mean). The mean, and so the MSE, does not change.
-        This is the diffusion model's counterpart of the Gaussian baseline's σ, which also
-        comes from validation residuals. The ensemble CRPS is convex in s, so a grid suffices.
+        Up to --calib_windows validation windows (evenly spaced over the split) are sampled
+        exactly as the test windows will be (same sampler, steps and samples). For each scale
+        s in SCALES the ensemble CRPS of mean + s·(sample − mean) is computed in closed form,
+        and the minimiser is kept: one s for all variates (``global``) or one per variate
+        (``variate``, the default: the denoiser is too narrow on some variates and too wide on
+        others). The mean, and so the MSE, does not change. This is the diffusion model's
+        counterpart of the Gaussian baseline's σ per (step, variate), which also comes from
+        validation residuals. The ensemble CRPS is convex in s, so a grid suffices.
         """
-        self.spread_scale = 1.0
+        self.spread_scale = None
         args = self.args
-        if not args.calibrate_spread:
-            return 1.0
+        if args.calibrate_spread == "none":
+            return None
         data = build_dataset(args, "val")
         count = min(args.calib_windows, len(data))
         picks = np.unique(np.linspace(0, len(data) - 1, count).round().astype(int))
         subset = torch.utils.data.Subset(data, picks.tolist())
         loader = torch.utils.data.DataLoader(subset, batch_size=args.batch_size, shuffle=False)
-        total = torch.zeros(len(self.SCALES), dtype=torch.float64)
+        total = 0.0  # (len(SCALES), N') CRPS sums
         for index, batch in enumerate(progress(loader, desc="calibrating spread")):
             samples, _, true, _ = self._forecast_batch(batch, -1 - index, scaled=False)
-            total += crps_by_spread_scale(samples.float().cpu(), true.float().cpu(), self.SCALES)
-        crps = total / (len(picks) * true[0].numel())
-        best = int(crps.argmin())
-        self.spread_scale = float(self.SCALES[best])
+            total = total + crps_by_spread_scale(
+                samples.float().cpu(), true.float().cpu(), self.SCALES
+            )
+        if args.calibrate_spread == "global":
+            total = total.sum(1, keepdim=True).expand_as(total)
+        best = total.argmin(0)  # (N',)
+        self.spread_scale = torch.as_tensor(self.SCALES, dtype=torch.float32)[best]
+        n_values = len(picks) * args.pred_len * total.shape[1]
+        crps = total.gather(0, best[None]).sum() / n_values
         log.info(
-            "Spread calibration on %d validation windows: scale %.3f, CRPS %.4f (%.4f unscaled)",
-            len(picks), self.spread_scale, float(crps[best]), float(crps[40]),
+            "Spread calibration (%s) on %d validation windows: scale %s, CRPS %.4f (%.4f "
+            "unscaled)", args.calibrate_spread, len(picks),
+            np.array2string(self.spread_scale.numpy(), precision=3),
+            float(crps), float(total[self.UNIT].sum() / n_values),
         )  # fmt: skip
         return self.spread_scale
 
@@ -409,10 +419,13 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             generator=generator, sample_chunk=args.sample_chunk,
             autocast_dtype=self._amp_dtype(), center=bool(args.center_samples),
         )  # fmt: skip
-        if scaled and self.spread_scale != 1.0:
-            mean = samples.mean(0)
+        if scaled and self.spread_scale is not None:
+            f = -1 if args.features == "MS" else 0  # the scale covers the scored variates
+            part = samples[..., f:]
+            scale = self.spread_scale.to(samples.device)
             with torch.inference_mode():  # in place: the samples can be large
-                samples.sub_(mean).mul_(self.spread_scale).add_(mean)
+                mean = part.mean(0)
+                part.sub_(mean).mul_(scale).add_(mean)
         return samples
 
     def _amp_dtype(self):
@@ -436,7 +449,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             ),
             f"sampler:{m['sampler']}, steps:{m['sampling_steps']}, samples:{m['n_samples']}, "
             f"windows:{m['n_windows']}, split:{m['eval_split']}, "
-            f"spread_scale:{m['spread_scale']:.3f}, seconds_sampling:{m['seconds_sampling']:.1f}",
+            f"spread_scale:{m['spread_scale']}, seconds_sampling:{m['seconds_sampling']:.1f}",
         ]
         with open(self.args.result_file, "a") as f:
             f.write("\n".join(lines) + "\n\n")
@@ -567,7 +580,7 @@ class Evaluation:
             eta=self.args.eta,
             timestep_spacing=self.args.timestep_spacing,
             seconds_sampling=seconds,
-            spread_scale=self.exp.spread_scale,
+            spread_scale=None if (s := self.exp.spread_scale) is None else s.tolist(),
             eval_split=self.args.eval_split,
             model=self.args.model,
             data_path=self.args.data_path,
@@ -593,24 +606,24 @@ class Evaluation:
 
 
 def crps_by_spread_scale(samples: Tensor, true: Tensor, scales) -> Tensor:
-    """Σ over (window, step, variate) of the ensemble CRPS of mean + s·(samples − mean), for
-    every s in ``scales`` → float64 (len(scales),). samples (S, B, H, N), true (B, H, N).
+    """Σ over (window, step) of the ensemble CRPS of mean + s·(samples − mean), for every s in
+    ``scales`` and every variate → float64 (len(scales), N). samples (S, B, H, N), true (B, H, N).
 
     With d the sorted deviations from the mean, CRPS(s) = E|mean + s·d − y| − s·½E|d − d'|,
     and ½E|d − d'| = Σᵢ (2i − S − 1)·d₍ᵢ₎ / S²; a few windows at a time keep memory flat.
     """
-    S = samples.shape[0]
+    S, N = samples.shape[0], samples.shape[-1]
     weights = ((2 * torch.arange(1, S + 1) - S - 1).float() / S**2).view(-1, 1, 1, 1)
-    term1 = torch.zeros(len(scales), dtype=torch.float64)
-    spread = torch.zeros((), dtype=torch.float64)
+    term1 = torch.zeros(len(scales), N, dtype=torch.float64)
+    spread = torch.zeros(N, dtype=torch.float64)
     for part in range(0, len(true), 4):
         x, y = samples[:, part : part + 4], true[part : part + 4]
         mean = x.mean(0)
         dev = (x - mean).sort(dim=0).values  # (S, b, H, N)
-        spread += (weights * dev).sum().double()
+        spread += (weights * dev).sum((0, 1, 2)).double()
         for k, scale in enumerate(list(scales)):
-            term1[k] += (dev * float(scale) + (mean - y)).abs().mean(0).sum().double()
-    return term1 - torch.as_tensor(scales, dtype=torch.float64) * spread
+            term1[k] += (dev * float(scale) + (mean - y)).abs().mean(0).sum((0, 1)).double()
+    return term1 - torch.as_tensor(scales, dtype=torch.float64)[:, None] * spread
 
 
 TABLE_COLUMNS = ("mse", "mae", "crps", "crps_norm", "coverage_50", "coverage_90", "sharpness_90")

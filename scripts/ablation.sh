@@ -37,7 +37,7 @@ for name in "${selected[@]}"; do
       --seq_len 96 --label_len 48 --pred_len 96 --e_layers 2 --d_model 128 --d_ff 128 \
       --n_heads 8 --unet_channels 16,32,64 --cond_dim 64 --batch_size 64 --num_workers 0 \
       --n_samples 30 --sampler ddpm --sampling_steps 10 --eval_split val \
-      --model_id ablation_default --des Ablation --calibrate_spread 0 \
+      --model_id ablation_default --des Ablation --calibrate_spread none \
       --checkpoints "$out/checkpoints" --results "$out/results_nocalib" \
       --test_results "$out/test_results_nocalib" --result_file "$out/result_ablation.txt"
   fi

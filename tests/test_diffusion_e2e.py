@@ -108,18 +108,23 @@ def test_same_seed_same_samples(workdir):
 
 
 def test_spread_calibration_rescales_around_the_mean(workdir):
-    """--calibrate_spread fits one factor on validation windows; the samples widen or narrow
-    around an unchanged mean, and --calibrate_spread 0 leaves them as drawn."""
+    """--calibrate_spread fits scales on validation windows; the samples widen or narrow
+    around an unchanged mean, and --calibrate_spread none leaves them as drawn."""
     model = "iTransformerDiffusion"
     if not (workdir / "checkpoints").exists():
         run.main(argv(workdir, model))
-    off = run.main(argv(workdir, model, "--is_training", "0", "--calibrate_spread", "0"))
-    on = run.main(argv(workdir, model, "--is_training", "0", "--calib_windows", "40"))
-    assert off["spread_scale"] == 1.0 and off["eval_split"] == "test"
-    assert on["spread_scale"] != 1.0  # this tiny model is far from calibrated
-    assert on["mse"] == pytest.approx(off["mse"], rel=1e-5)  # the mean does not move
-    ratio = on["sharpness_90"] / off["sharpness_90"]
-    assert ratio == pytest.approx(on["spread_scale"], rel=0.02)  # interval width scales with s
+    common = ("--is_training", "0", "--calib_windows", "40")
+    off = run.main(argv(workdir, model, *common, "--calibrate_spread", "none"))
+    one = run.main(argv(workdir, model, *common, "--calibrate_spread", "global"))
+    each = run.main(argv(workdir, model, *common))  # default: per variate
+    assert off["spread_scale"] is None and off["eval_split"] == "test"
+    (s,) = set(one["spread_scale"])  # one factor for the 3 variates
+    assert len(one["spread_scale"]) == 3 and s != 1.0  # this tiny model is far from calibrated
+    assert len(set(each["spread_scale"])) > 1
+    for m in (one, each):
+        assert m["mse"] == pytest.approx(off["mse"], rel=1e-5)  # the mean does not move
+    ratio = one["sharpness_90"] / off["sharpness_90"]
+    assert ratio == pytest.approx(s, rel=0.02)  # interval width scales with s
     val = run.main(argv(workdir, model, "--is_training", "0", "--eval_split", "val"))
     assert val["eval_split"] == "val" and val["n_windows"] == 40 - 12 + 1  # 40 val rows
 

@@ -385,12 +385,13 @@ def test_crps_by_spread_scale_matches_properscoring():
     samples = torch.randn(30, 6, 5, 3, generator=g) * 0.7 + 0.2
     true = torch.randn(6, 5, 3, generator=g)
     scales = [0.5, 1.0, 1.37, 2.5]
-    got = crps_by_spread_scale(samples, true, scales)
+    got = crps_by_spread_scale(samples, true, scales)  # (scales, variates)
+    assert got.shape == (4, 3)
     mean = samples.mean(0)
     for k, s in enumerate(scales):
         scaled = (mean + s * (samples - mean)).double().numpy()
-        ref = properscoring.crps_ensemble(true.double().numpy(), np.moveaxis(scaled, 0, -1)).sum()
-        assert got[k].item() == pytest.approx(ref, rel=1e-5)
+        ref = properscoring.crps_ensemble(true.double().numpy(), np.moveaxis(scaled, 0, -1))
+        assert got[k].numpy() == pytest.approx(ref.sum((0, 1)), rel=1e-5)
     # the grid's minimum lies where an under-dispersed ensemble needs widening
     narrow = crps_by_spread_scale(samples * 0.2, true, [0.5, 1.0, 2.0, 4.0, 8.0])
-    assert int(narrow.argmin()) > 1
+    assert (narrow.argmin(0) > 1).all()

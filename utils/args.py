@@ -320,11 +320,11 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
     )
     p.add_argument(
         "--calibrate_spread",
-        type=int,
-        default=1,
-        choices=(0, 1),
-        help="scale the samples' spread around their mean by the factor that minimises CRPS "
-        "on validation windows (fitted before each evaluation; the mean is unchanged)",
+        default="variate",
+        choices=("none", "global", "variate"),
+        help="scale the samples' spread around their mean by the factor (one per variate, or "
+        "one for all) that minimises CRPS on validation windows, fitted before each "
+        "evaluation; the mean is unchanged",
     )
     p.add_argument(
         "--calib_windows",
