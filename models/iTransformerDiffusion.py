@@ -112,7 +112,12 @@ class Model(nn.Module):
         total = self.loss_lambda * loss_mse + (1.0 - self.loss_lambda) * loss_diff
         return total, {"mse": loss_mse.detach(), "diff": loss_diff.detach()}
 
-    def diffusion_loss(self, y, y_det, z, norm, generator: torch.Generator | None = None):
+    def diffusion_loss(
+        self, y, y_det, z, norm, generator: torch.Generator | None = None,
+        window_weight: Tensor | None = None,
+    ):  # fmt: skip
+        """Denoising loss of a random step per window; ``window_weight`` (B, N, 1) optionally
+        reweights windows and variates (times the per-variate ``variate_weight``)."""
         x0 = self.diffusion_target(y, y_det, norm).float()  # (B, N, H)
         B = x0.shape[0]
         T = len(self.alpha_bar)
@@ -120,9 +125,10 @@ class Model(nn.Module):
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
         x_t = q_sample(x0, t, self.alpha_bar, noise)
         out = self.denoiser(x_t, t, z, extra=self._extra(y_det, norm)).float()
-        weight = None
+        weight = window_weight
         if self.variate_weight is not None:
-            weight = self.variate_weight.to(x0.device).view(1, -1, 1)
+            variate = self.variate_weight.to(x0.device).view(1, -1, 1)
+            weight = variate if weight is None else weight * variate
         a_t = alpha_bar_at(self.alpha_bar, t, x0)
         return diffusion_loss(out, x0, noise, a_t, self.parameterization, weight)
 

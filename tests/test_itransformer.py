@@ -156,3 +156,28 @@ def test_eval_is_deterministic_and_train_uses_dropout():
         torch.manual_seed(1)
         b = model(x, x_mark)
     assert not torch.allclose(a, b)
+
+
+def test_diffusion_loss_window_weights_select_windows():
+    """window_weight reweights (window, variate) terms of the denoising loss: a zero weight
+    removes a window exactly, so a window with a flat lookback (instance σ ≈ 0, exploding
+    residual target) cannot swamp the validation score weighted by σ²."""
+    from models.iTransformerDiffusion import Model as DiffusionModel
+
+    torch.manual_seed(0)
+    cfg = _configs(enc_in=3, diffusion_steps=50, beta_schedule="cosine", parameterization="v",
+                   cond_dim=16, unet_channels="8,16", cond_forecast=1, loss_lambda=0.5)  # fmt: skip
+    model = DiffusionModel(cfg).eval()
+    x, x_mark = _inputs(B=2, N=3)
+    x[1, :, 0] = 5.0  # window 1, variate 0: flat lookback
+    y = torch.randn(2, H, 3)
+    with torch.no_grad():
+        y_det, z, norm = model.backbone_forward(x, x_mark)
+
+        def loss(weight=None):
+            g = torch.Generator().manual_seed(3)  # the same steps and noise every call
+            return model.diffusion_loss(y, y_det, z, norm, g, window_weight=weight).item()
+
+        assert loss() > 1e3  # unweighted: the flat window swamps the mean
+        assert loss(torch.tensor([1.0, 0.0]).view(2, 1, 1)) < 10  # without that window
+        assert loss(norm.stdev.permute(0, 2, 1) ** 2) < 10  # σ²-weighted: the data's units
