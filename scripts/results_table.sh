@@ -43,4 +43,5 @@ for model in $models; do
       --test_results "$out/test_results" --result_file "$out/result_diffusion_forecast.txt" "$@"
   done
 done
-python -m utils.summarize "$out/results"
+python -m utils.summarize "$out/results" --baselines --sort data \
+  --columns model,data,horizon,samples,MSE,MAE,CRPS,CRPS_norm,cov50,cov90,sharp90

@@ -178,3 +178,24 @@ def test_main_in_process(results, capsys):
     assert main([str(results / "missing")]) == 1
     with pytest.raises(SystemExit):
         main([str(results), "--sort", "bogus"])
+
+
+def test_baseline_rows_and_column_subset(results, capsys):
+    """--baselines adds one row per baseline with all its metrics (duplicates kept once);
+    --columns picks and orders the columns."""
+    from utils.summarize import with_baselines
+
+    rows = with_baselines(collect(results))
+    models = [r["model"] for r in rows if r["setting"] == DIFF]  # not the LTF run
+    assert models == ["iTransformerDiffusion", "iTransformer", "iTransformer+Gaussian"]
+    gauss = next(r for r in rows if r["model"] == "iTransformer+Gaussian")
+    assert gauss["CRPS"] == 0.27 and gauss["cov90"] == 0.87 and gauss["data"] == "weather"
+    twice = with_baselines(collect(results) * 2)  # both runs again, their baselines once
+    assert len(twice) == len(rows) + 2
+    argv = [str(results), "--baselines", "--columns", "model,data,CRPS", "--format", "csv"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "model,data,CRPS"
+    assert "iTransformer+Gaussian,weather,0.2700" in lines
+    with pytest.raises(SystemExit):
+        main([str(results), "--columns", "model,bogus"])

@@ -45,10 +45,18 @@ COLUMNS: tuple[str, ...] = (
     "CRPS_norm",
     "cov50",
     "cov90",
+    "sharp90",
     "crps_itr",
     "crps_itr_gauss",
 )
 FORMATS = ("markdown", "csv", "latex")
+#: Row names of the two baselines that every diffusion_forecast run scores.
+BASELINE_NAMES = {"itransformer": "iTransformer", "itransformer_gaussian": "iTransformer+Gaussian"}
+_METRIC_KEYS = (
+    ("MSE", "mse"), ("MAE", "mae"), ("CRPS", "crps"), ("CRPS_norm", "crps_norm"),
+    ("cov50", "coverage_50"), ("cov90", "coverage_90"), ("sharp90", "sharpness_90"),
+)  # fmt: skip
+
 
 _MODELS = ("iTransformerDiffusionDirect", "iTransformerDiffusion", "iTransformer")
 _TAIL = (
@@ -109,16 +117,10 @@ def _row(folder: Path, results_dir: Path) -> dict:
         row["sampler"] = m.get("sampler")
         row["steps"] = m.get("sampling_steps")
         row["samples"] = m.get("n_samples")
-        for col, key in (
-            ("MSE", "mse"),
-            ("MAE", "mae"),
-            ("CRPS", "crps"),
-            ("CRPS_norm", "crps_norm"),
-            ("cov50", "coverage_50"),
-            ("cov90", "coverage_90"),
-        ):
+        for col, key in _METRIC_KEYS:
             row[col] = _float(m.get(key))
         baselines = m.get("baselines") or {}
+        row["baselines"] = baselines
         row["crps_itr"] = _float((baselines.get("itransformer") or {}).get("crps"))
         row["crps_itr_gauss"] = _float((baselines.get("itransformer_gaussian") or {}).get("crps"))
     else:  # long_term_forecast: [mae, mse, rmse, mape, mspe]
@@ -144,6 +146,30 @@ def collect(results_dir: str | os.PathLike = "./results/") -> list[dict]:
         if "metrics.json" in filenames or "metrics.npy" in filenames:
             rows.append(_row(Path(dirpath), root))
     return sorted(rows, key=lambda r: (r["setting"], r["path"]))
+
+
+def with_baselines(rows: Sequence[dict]) -> list[dict]:
+    """The rows plus one row per baseline of every diffusion run, with all its metrics.
+
+    Runs that share a backbone (both diffusion models trained with the same stage-1 settings
+    and seed) score identical baselines; such duplicates are kept once.
+    """
+    out, seen = [], set()
+    for row in rows:
+        out.append(row)
+        for key, name in BASELINE_NAMES.items():
+            metrics = (row.get("baselines") or {}).get(key)
+            if not metrics:
+                continue
+            extra = {**dict.fromkeys(COLUMNS), "setting": row["setting"], "path": row.get("path")}
+            extra.update(model=name, data=row["data"], horizon=row["horizon"], task=row.get("task"))
+            for col, k in _METRIC_KEYS:
+                extra[col] = _float(metrics.get(k))
+            identity = (name, row["data"], row["horizon"], *(extra[c] for c, _ in _METRIC_KEYS))
+            if identity not in seen:
+                seen.add(identity)
+                out.append(extra)
+    return out
 
 
 def sort_rows(rows: Sequence[dict], column: str) -> list[dict]:
@@ -181,11 +207,12 @@ def _cell(value) -> str:
 
 
 def _markdown(table: list[list[str]]) -> str:
+    n = len(table[0])
     numeric = [
         all(_looks_numeric(r[j]) for r in table[1:] if r[j]) and any(r[j] for r in table[1:])
-        for j in range(len(COLUMNS))
+        for j in range(n)
     ]
-    widths = [max(3, *(len(r[j].replace("|", r"\|")) for r in table)) for j in range(len(COLUMNS))]
+    widths = [max(3, *(len(r[j].replace("|", r"\|")) for r in table)) for j in range(n)]
 
     def line(cells):
         out = []
@@ -225,7 +252,8 @@ def latex_escape(text: str) -> str:
 
 
 def _latex(table: list[list[str]]) -> str:
-    align = "".join("l" if j < 3 or COLUMNS[j] == "sampler" else "r" for j in range(len(COLUMNS)))
+    text = ("setting", "model", "data", "sampler")
+    align = "".join("l" if name in text else "r" for name in table[0])
     lines = [
         rf"\begin{{tabular}}{{{align}}}",
         r"\toprule",
@@ -238,14 +266,15 @@ def _latex(table: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def render(rows: Sequence[dict], fmt: str = "markdown") -> str:
+def render(rows: Sequence[dict], fmt: str = "markdown", columns: Sequence[str] = COLUMNS) -> str:
     """The rows as one table: ``markdown`` (GitHub pipe table), ``csv`` or ``latex`` (booktabs).
 
-    Floats have 4 decimals; missing values are blank.
+    Floats have 4 decimals; missing values are blank. ``columns``: a subset of COLUMNS.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    table = [list(COLUMNS)] + [[_cell(r.get(c)) for c in COLUMNS] for r in rows]
+    columns = [_column(c) for c in columns]
+    table = [list(columns)] + [[_cell(r.get(c)) for c in columns] for r in rows]
     if fmt == "markdown":
         return _markdown(table)
     if fmt == "latex":
@@ -271,6 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COLUMN",
         help=f"column to sort on, ascending (one of: {', '.join(COLUMNS)})",
     )
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="add a row for each baseline (iTransformer, iTransformer+Gaussian) of every run",
+    )
+    p.add_argument(
+        "--columns",
+        default=",".join(COLUMNS),
+        help="comma-separated columns to show, in order (default: all)",
+    )
     return p
 
 
@@ -279,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         _column(args.sort)
+        columns = [_column(c.strip()) for c in args.columns.split(",") if c.strip()]
     except ValueError as e:
         parser.error(str(e))
     if not os.path.isdir(args.results_dir):
@@ -291,7 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    print(render(sort_rows(rows, args.sort), args.format))
+    if args.baselines:
+        rows = with_baselines(rows)
+    print(render(sort_rows(rows, args.sort), args.format, columns))
     return 0
 
 
