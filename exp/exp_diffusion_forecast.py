@@ -378,9 +378,12 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             total = total + crps_by_spread_scale(
                 samples.float().cpu(), true.float().cpu(), self.SCALES
             )
-        if args.calibrate_spread == "global":
-            total = total.sum(1, keepdim=True).expand_as(total)
-        best = total.argmin(0)  # (N',)
+        choice = (
+            total.sum(1, keepdim=True).expand_as(total)
+            if args.calibrate_spread == "global"
+            else total
+        )
+        best = choice.argmin(0)  # (N',)
         self.spread_scale = torch.as_tensor(self.SCALES, dtype=torch.float32)[best]
         n_values = len(picks) * args.pred_len * total.shape[1]
         crps = total.gather(0, best[None]).sum() / n_values
