@@ -27,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from data_provider.data_factory import build_dataset
 from exp.exp_basic import Exp_Basic, TrainingLoopMixin
+from models.iTransformerDiffusion import diffusion_normalizer
 from utils import distributed
 from utils.metrics import ProbMetricAccumulator, metric, quantiles_from_sorted
 from utils.tools import EarlyStopping, progress, release_memory, rng_state, set_rng_state
@@ -220,10 +221,10 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             y = y[:, -self.args.pred_len :]
             with self.autocast():
                 y_det, z, norm = model.backbone_forward(x, x_mark)
-                # weighted by the windows' variance: the error in the data's units. Unweighted,
-                # a window whose lookback is flat (ETTh1's validation split has some) has a
-                # near-zero instance σ, a residual target of 1e3 and more, and swamps the score.
-                weight = norm.stdev.permute(0, 2, 1).float() ** 2  # (B, N, 1)
+                # weighted by the windows' variance: the error in the data's units, so that the
+                # windows with the smallest σ (flat lookbacks, floored) do not swamp the score
+                sigma = diffusion_normalizer(norm).stdev  # (B, 1, N), as the target is scaled
+                weight = sigma.permute(0, 2, 1).float() ** 2  # (B, N, 1)
                 loss = model.diffusion_loss(
                     y, y_det, z, norm, generator=generator, window_weight=weight
                 )

@@ -15,6 +15,7 @@ Conventions: TSLib tensors (B, L, N); diffusion state (B, N, H); samples (S, B, 
 
 from __future__ import annotations
 
+import copy
 from argparse import Namespace
 
 import torch
@@ -40,6 +41,19 @@ ARCH_ARGS = (
 )  # fmt: skip
 
 STAGES = ("warmup", "joint")
+
+# Floor of the instance σ that scales the diffused quantities, in the data's units (TSLib
+# standardises every variate on the training split). A lookback window that is flat in some
+# variate (a third of ETTm2's training windows have a variate with σ < 0.01) would otherwise
+# blow its residual up by 100× or more and dominate the diffusion loss.
+STD_FLOOR = 0.1
+
+
+def diffusion_normalizer(norm: iTransformer.Normalizer) -> iTransformer.Normalizer:
+    """The backbone's instance normaliser with σ floored at ``STD_FLOOR``, for the diffusion."""
+    out = copy.copy(norm)
+    out.stdev = norm.stdev.clamp_min(STD_FLOOR)
+    return out
 
 
 def parse_channels(spec: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -81,7 +95,8 @@ class Model(nn.Module):
         return self.backbone.backbone_forward(x_enc, x_mark_enc)
 
     def diffusion_target(self, y: Tensor, y_det: Tensor, norm) -> Tensor:
-        """What is diffused: (B, N, H) in instance-normalised units."""
+        """What is diffused: (B, N, H) in instance-normalised units (σ floored)."""
+        norm = diffusion_normalizer(norm)
         x0 = norm.normalize(y)
         if self.residual:
             x0 = x0 - norm.normalize(y_det.detach())
@@ -89,6 +104,7 @@ class Model(nn.Module):
 
     def from_diffusion(self, x0: Tensor, y_det: Tensor, norm) -> Tensor:
         """Inverse of ``diffusion_target``: (R, B, N, H) → forecasts (R, B, H, N) in input units."""
+        norm = diffusion_normalizer(norm)
         x = x0.permute(0, 1, 3, 2)  # (R, B, H, N)
         if self.residual:
             x = x + norm.normalize(y_det)
@@ -96,7 +112,9 @@ class Model(nn.Module):
 
     def _extra(self, y_det: Tensor, norm) -> Tensor | None:
         """The normalised point forecast as extra denoiser input, (B, N, H), or None."""
-        return norm.normalize(y_det.detach()).permute(0, 2, 1) if self.cond_forecast else None
+        if not self.cond_forecast:
+            return None
+        return diffusion_normalizer(norm).normalize(y_det.detach()).permute(0, 2, 1)
 
     # ---- training ----------------------------------------------------------------------------
     def loss(self, x_enc: Tensor, x_mark_enc: Tensor | None, y: Tensor, stage: str):
