@@ -2,7 +2,7 @@
 # Ablation on ETTh1-96, scored on the VALIDATION split (--eval_split val), so that no choice
 # of defaults looks at test data. Every row is the quickstart configuration (reduced CPU
 # protocol) with one change; 30 samples, 10 ancestral steps.
-#   bash scripts/ablation.sh            # all rows (about 35 minutes on a 2-core CPU)
+#   bash scripts/ablation.sh            # all rows (about an hour on a 2-core CPU)
 #   bash scripts/ablation.sh ema lambda02   # only these rows
 # Outputs go to ./ablation/ (git-ignored); the table is printed at the end.
 set -euo pipefail
@@ -17,8 +17,15 @@ declare -A rows=(
   [unet_x2]="--unet_channels 32,64,128 --cond_dim 128"
   [finetune]="--finetune_encoder 1"
   [varweights]="--variate_weights val_mse"
+  [eps]="--parameterization eps --clip_x0 3"
+  [x0]="--parameterization x0"
+  [direct]="--model iTransformerDiffusionDirect"
+  [uncentred]="--center_samples 0"
+  [stage2_30]="--stage2_epochs 30"
+  [stage2_lr3]="--stage2_lr 3e-4"
 )
-order=(default ema lambda02 finetune varweights unet_x2 linear lambda08)
+order=(default ema lambda02 finetune varweights unet_x2 linear lambda08 eps x0 direct uncentred
+       stage2_30 stage2_lr3)
 selected=("$@")
 [[ ${#selected[@]} -eq 0 ]] && selected=("${order[@]}")
 for name in "${selected[@]}"; do
