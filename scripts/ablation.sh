@@ -20,12 +20,14 @@ declare -A rows=(
   [eps]="--parameterization eps --clip_x0 3"
   [x0]="--parameterization x0"
   [direct]="--model iTransformerDiffusionDirect"
+  [direct_clip5]="--model iTransformerDiffusionDirect --clip_x0 5"
+  [direct_noclip]="--model iTransformerDiffusionDirect --clip_x0 0"
   [uncentred]="--center_samples 0"
   [stage2_30]="--stage2_epochs 30"
   [stage2_lr3]="--stage2_lr 3e-4"
 )
-order=(default ema lambda02 finetune varweights unet_x2 linear lambda08 eps x0 direct uncentred
-       stage2_30 stage2_lr3)
+order=(default ema lambda02 finetune varweights unet_x2 linear lambda08 eps x0 direct direct_clip5
+       direct_noclip uncentred stage2_30 stage2_lr3)
 selected=("$@")
 [[ ${#selected[@]} -eq 0 ]] && selected=("${order[@]}")
 for name in "${selected[@]}"; do
