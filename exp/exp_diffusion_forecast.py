@@ -348,8 +348,8 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             )
 
     # ---- spread calibration --------------------------------------------------------------------
-    SCALES = np.exp(np.arange(-40, 57) * 0.025)  # 0.37 … 4.05, 2.5% apart
-    UNIT = 40  # SCALES[UNIT] == 1
+    SCALES = np.exp(np.arange(-80, 81) * 0.025)  # 0.135 … 7.39, 2.5% apart
+    UNIT = 80  # SCALES[UNIT] == 1
 
     @torch.no_grad()
     def calibrate_spread(self) -> Tensor | None:
@@ -386,6 +386,13 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         )
         best = choice.argmin(0)  # (N',)
         self.spread_scale = torch.as_tensor(self.SCALES, dtype=torch.float32)[best]
+        edge = (best == 0) | (best == len(self.SCALES) - 1)
+        if bool(edge.any()):
+            log.warning(
+                "Spread calibration: %d variate(s) at the edge of the scale grid (%.3g … %.3g); "
+                "the denoiser's spread is far off there", int(edge.sum()),
+                self.SCALES[0], self.SCALES[-1],
+            )  # fmt: skip
         n_values = len(picks) * args.pred_len * total.shape[1]
         crps = total.gather(0, best[None]).sum() / n_values
         log.info(

@@ -395,3 +395,21 @@ def test_crps_by_spread_scale_matches_properscoring():
     # the grid's minimum lies where an under-dispersed ensemble needs widening
     narrow = crps_by_spread_scale(samples * 0.2, true, [0.5, 1.0, 2.0, 4.0, 8.0])
     assert (narrow.argmin(0) > 1).all()
+
+
+@pytest.mark.parametrize("true_sigma", [0.2, 1.0, 5.0])
+def test_calibration_grid_recovers_the_true_spread(true_sigma):
+    """CRPS is proper: for a standard-normal ensemble and N(0, σ²) truths, the CRPS-optimal
+    factor is σ (closed form). The calibration grid must reach it, also far from 1."""
+    from exp.exp_diffusion_forecast import Exp_Diffusion_Forecast as Exp
+    from exp.exp_diffusion_forecast import crps_by_spread_scale
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(400, 1, 1, 1, generator=g)  # one shared N(0, 1) ensemble
+    samples = (base - base.mean()) / base.std()
+    samples = samples.expand(400, 64, 48, 2).contiguous()
+    true = torch.randn(64, 48, 2, generator=g) * true_sigma
+    best = crps_by_spread_scale(samples, true, Exp.SCALES).argmin(0)
+    chosen = torch.as_tensor(Exp.SCALES)[best]
+    assert chosen.numpy() == pytest.approx([true_sigma] * 2, rel=0.08)
+    assert Exp.SCALES[Exp.UNIT] == 1.0
