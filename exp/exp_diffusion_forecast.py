@@ -348,7 +348,8 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             )
 
     # ---- spread calibration --------------------------------------------------------------------
-    SCALES = np.exp(np.arange(-80, 81) * 0.025)  # 0.135 … 7.39, 2.5% apart
+    # 0.135 … 7.39 2.5% apart, then on to 54.6 10% apart (collapsed ensembles need it)
+    SCALES = np.exp(np.concatenate([np.arange(-80, 81) * 0.025, 2 + np.arange(1, 21) * 0.1]))
     UNIT = 80  # SCALES[UNIT] == 1
 
     @torch.no_grad()

@@ -397,7 +397,7 @@ def test_crps_by_spread_scale_matches_properscoring():
     assert (narrow.argmin(0) > 1).all()
 
 
-@pytest.mark.parametrize("true_sigma", [0.2, 1.0, 5.0])
+@pytest.mark.parametrize("true_sigma", [0.2, 1.0, 5.0, 20.0])
 def test_calibration_grid_recovers_the_true_spread(true_sigma):
     """CRPS is proper: for a standard-normal ensemble and N(0, σ²) truths, the CRPS-optimal
     factor is σ (closed form). The calibration grid must reach it, also far from 1."""
