@@ -53,16 +53,86 @@ class Conv1d(nn.Conv1d):
 
 
 class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm that normalises half-precision CPU features in float32.
+    """nn.GroupNorm with a fast CPU inference path and the FiLM and SiLU that follow it.
 
-    CUDA autocast already runs group_norm in float32; CPU autocast does not, and oneDNN's
-    bfloat16 kernel for channels-last features is several times slower than the float32 one.
+    ``norm_act(x, gamma, beta, act)`` is ``silu(norm(x) * (1 + gamma) + beta)`` (FiLM and SiLU
+    optional). On U-Net features in a CPU inference pass it computes the group statistics from
+    per-channel sums and sums of squares, then applies normalisation, affine and FiLM as one
+    per-(row, channel) scale and shift: two cheap reductions and one or two passes over the
+    features. oneDNN's channels-last group norm with a few channels per group took 5-10 times
+    as long as such a pass (1.5 ms against 0.1 ms for 640 x 16 x 96 features). Small inputs
+    (a batch of a few dozen windows) keep torch's kernel, which is faster there.
+
+    Half-precision CPU features are normalised in float32: CUDA autocast already runs
+    group_norm in float32; CPU autocast does not, and oneDNN's bfloat16 kernel for
+    channels-last features is several times slower than the float32 one.
     """
+
+    # below this many elements the fused path's ~25 small tensor ops cost more than they save
+    fast_min_numel = 1 << 16
 
     def forward(self, x: Tensor) -> Tensor:
         if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
             return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps)
         return super().forward(x)
+
+    def norm_act(
+        self,
+        x: Tensor,
+        gamma: Tensor | None = None,
+        beta: Tensor | None = None,
+        act: bool = False,
+    ) -> Tensor:
+        """x (B, C, ...) -> silu?(norm(x) * (1 + gamma) + beta); gamma, beta (B, C) or None."""
+        if self._fast_path(x):
+            return self._fused_features(x, gamma, beta, act)
+        h = self(x)
+        if gamma is not None:
+            shape = (*gamma.shape, *[1] * (h.dim() - 2))  # (B, C, 1, ...)
+            h = torch.addcmul(beta.view(shape), h, 1 + gamma.view(shape))  # one pass over h
+        return F.silu(h) if act else h
+
+    def _fast_path(self, x: Tensor) -> bool:
+        return (
+            x.device.type == "cpu"
+            and x.dim() == 4
+            and x.shape[2] == 1
+            and x.numel() >= self.fast_min_numel
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and self.affine
+            and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+        )
+
+    def _fused_features(
+        self, x: Tensor, gamma: Tensor | None, beta: Tensor | None, act: bool
+    ) -> Tensor:
+        """U-Net features (B, C, 1, L) in channels-last memory -> the same, float32 or x's dtype.
+
+        The variance is E[x^2] - E[x]^2 with float32 sums over each group's C/G * L values,
+        accurate to ~1e-6 relative while |mean| / std stays below ~100 (conv outputs of
+        normalised inputs are far from that).
+        """
+        B, C, _, L = x.shape
+        G = self.num_groups
+        rows = x.permute(0, 2, 3, 1).view(B, L, C)  # the features' memory, (B, L, C)
+        if rows.dtype in (torch.bfloat16, torch.float16):
+            rows = rows.float()
+        sums = torch.stack((rows.sum(1), rows.square().sum(1)))  # (2, B, C)
+        sums = sums.view(2, B, G, -1).sum(-1, keepdim=True).mul_(1 / (L * (C // G)))
+        mean, mean_sq = sums  # (B, G, 1) each
+        rstd = torch.addcmul(mean_sq, mean, mean, value=-1).clamp_min_(0).add_(self.eps).rsqrt_()
+        scale = rstd * self.weight.view(G, -1)  # (B, G, C/G)
+        shift = torch.addcmul(self.bias.view(G, -1), mean, scale, value=-1).view(B, C)
+        scale = scale.view(B, C)
+        if gamma is not None:
+            gamma = 1 + gamma
+            scale = scale.mul_(gamma)
+            shift = torch.addcmul(beta, shift, gamma)
+        out = torch.addcmul(shift.unsqueeze(1), rows, scale.unsqueeze(1))  # (B, L, C)
+        if act:
+            out = F.silu(out, inplace=True)
+        return out.view(B, 1, L, C).permute(0, 3, 1, 2)  # (B, C, 1, L) channels-last
 
 
 def to_features(x: Tensor) -> Tensor:
@@ -114,11 +184,15 @@ class FiLMLayer(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
+    def scale_shift(self, c: Tensor) -> tuple[Tensor, Tensor]:
+        """c (B, cond_dim) -> gamma, beta (B, C) each."""
+        return self.proj(F.silu(c)).chunk(2, dim=1)
+
     def forward(self, h: Tensor, c: Tensor) -> Tensor:
         """h (B, C, ...) already normalised, c (B, cond_dim) -> like h."""
-        film = self.proj(F.silu(c))  # (B, 2C)
-        gamma, beta = film.view(*film.shape, *[1] * (h.dim() - 2)).chunk(2, dim=1)  # (B, C, 1..)
-        return torch.addcmul(beta, h, 1 + gamma)  # one pass over h
+        gamma, beta = self.scale_shift(c)
+        shape = (*gamma.shape, *[1] * (h.dim() - 2))  # (B, C, 1, ...)
+        return torch.addcmul(beta.view(shape), h, 1 + gamma.view(shape))  # one pass over h
 
 
 class ResBlock1D(nn.Module):
@@ -137,8 +211,9 @@ class ResBlock1D(nn.Module):
         self.res_conv = Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        h = F.silu(self.film(self.norm1(self.conv1(x)), c))  # (B, out_ch, L)
-        h = F.silu(self.norm2(self.conv2(self.dropout(h))))  # (B, out_ch, L)
+        gamma, beta = self.film.scale_shift(c)  # (B, out_ch) each
+        h = self.norm1.norm_act(self.conv1(x), gamma, beta, act=True)  # (B, out_ch, L)
+        h = self.norm2.norm_act(self.conv2(self.dropout(h)), act=True)  # (B, out_ch, L)
         return h + self.res_conv(x)
 
 
@@ -202,7 +277,7 @@ class VariateCrossAttention(nn.Module):
         """h (R*B, C, L) or U-Net features (R*B, C, 1, L), kv from `kv(z)` with batch B
         -> like h."""
         k, v = kv[0], kv[1]
-        hn = self.norm(h)
+        hn = self.norm.norm_act(h)
         if h.dim() == 4:
             hn = hn.squeeze(2)  # (R*B, C, L), possibly channels-last strides
         RB, C, L = hn.shape
@@ -433,5 +508,5 @@ class UNet1D(nn.Module):
         h = self.mid_res2(h, c)
         for up, kv in zip(self.ups, up_kvs):
             h = up(h, skips.pop(), c, kv)
-        out = self.final_conv(F.silu(self.final_norm(h)))  # (R*B, N, 1, L)
+        out = self.final_conv(self.final_norm.norm_act(h, act=True))  # (R*B, N, 1, L)
         return out.squeeze(2)[..., :H].contiguous()  # (R*B, N, H)

@@ -1,8 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from layers.Diffusion_layers import (
     FiLMLayer,
+    GroupNorm,
     SinusoidalPosEmb,
     UNet1D,
     VariateCrossAttention,
@@ -114,6 +116,54 @@ def test_film_identity_at_init():
     with torch.no_grad():
         film.proj.bias.fill_(0.5)
     assert not torch.allclose(film(h, c), h)
+
+
+@pytest.mark.parametrize("channels,groups,length", [(16, 8, 96), (64, 8, 24), (12, 4, 7)])
+@pytest.mark.parametrize("offset", [0.0, 10.0])
+def test_groupnorm_fast_path_matches_torch_group_norm(channels, groups, length, offset):
+    """The CPU inference path (sums and sums of squares, one fused scale-and-shift) against
+    torch's group_norm followed by FiLM and SiLU, with features far from zero mean too."""
+    torch.manual_seed(0)
+    norm = GroupNorm(groups, channels)
+    norm.fast_min_numel = 0  # small test tensors take the fast path too
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = offset + 3 * torch.randn(40, channels, 1, length)
+    x = x.contiguous(memory_format=torch.channels_last)
+    gamma, beta = (0.5 * torch.randn(2, 40, channels)).unbind(0)
+    ref_norm = F.group_norm(x.contiguous(), groups, norm.weight, norm.bias, norm.eps)
+    ref_film = ref_norm * (1 + gamma[..., None, None]) + beta[..., None, None]
+    with torch.no_grad():
+        assert norm._fast_path(x)
+        plain = norm.norm_act(x)
+        fused = norm.norm_act(x, gamma, beta, act=True)
+    assert torch.allclose(plain, ref_norm, atol=1e-4)
+    assert torch.allclose(fused, F.silu(ref_film), atol=1e-4)
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    assert not norm._fast_path(x.contiguous()) and not norm._fast_path(x.squeeze(2))
+
+
+def test_unet_inference_path_equals_training_path():
+    """No-grad forward (fast group norm) equals the autograd forward (torch's group norm)."""
+    model = make_unet(extra_in_channels=7)
+    perturb_(model)
+    norms = [m for m in model.modules() if isinstance(m, GroupNorm)]
+    for m in norms:
+        m.fast_min_numel = 0  # every norm of this small batch takes the fast path
+    x, t, z = inputs(b=4, h=96)
+    extra = torch.randn(4, 7, 96)
+    ref = model(x, t, z, extra=extra)
+    assert ref.requires_grad
+    with torch.no_grad():
+        assert all(
+            m._fast_path(
+                torch.empty(4, m.num_channels, 1, 8).contiguous(memory_format=torch.channels_last)
+            )
+            for m in norms
+        )
+        fast = model(x, t, z, extra=extra)
+    assert torch.allclose(fast, ref, atol=1e-5)
 
 
 def test_gradients_reach_every_parameter():
