@@ -9,8 +9,9 @@ Conditioning:
   * cross-attention from every horizon position (query) to the N variate tokens of z (keys).
 
 Everything that depends on z alone is computed once by `UNet1D.encode_condition(z)` and reused
-across sampling steps. `repeat_condition(cond, S)` makes it serve S*B sample-major trajectories
-without copying k/v: the attention folds the S samples into the query length instead.
+across sampling steps. `repeat_condition(cond, S)` makes it serve S*B trajectories laid out
+window-major (rows b*S .. b*S + S-1 are the S samples of window b) without copying k/v: the
+attention folds each window's S samples into its query length instead.
 
 Init: FiLM linears are zero (FiLM starts as the identity); final_conv keeps PyTorch's default
 init so gradients reach the whole network from the first step.
@@ -222,7 +223,7 @@ class AttentionKV(NamedTuple):
 
     k, v: (B, heads, N, head_dim), the textbook keys and values.
     keys: (B, heads*N, C), the keys with the query projection and 1/sqrt(head_dim) folded in;
-    values: (B, C, heads*N), the values with the output projection (and its bias) folded in.
+    values: (B, heads*N, C), the values with the output projection (and its bias) folded in.
     The folded pair is None where it would be larger than the textbook path (many variates).
     """
 
@@ -236,14 +237,15 @@ class VariateCrossAttention(nn.Module):
     """Horizon positions (queries) attend over the N variate tokens of z (keys/values).
 
     `kv(z)` depends on z only. `forward(h, kv)` accepts k/v with batch B while h has batch
-    S*B (sample-major, row s*B + b is window b).
+    S*B (window-major, rows b*S .. b*S + S-1 belong to window b).
 
-    Two exact evaluations of the same function. The textbook one projects every position to a
-    query, attends and projects back; it folds the S samples into the query length so that k/v
-    are never copied. With few variates (heads*N small next to the channels and the length)
-    the query and output projections are folded into the keys and values once per window:
-    scores = keys @ norm(h) and out = values @ softmax(scores), two small matmuls in the
-    (C, L) layout with no transposes, several times faster on a CPU.
+    Two exact evaluations of the same function. Both fold a window's S samples into one query
+    sequence of length S*L, so that k/v are never copied and each window is one matrix
+    product. The textbook one projects every position to a query, attends and projects back.
+    With few variates (heads*N small next to the channels and the length) the query and output
+    projections are folded into the keys and values once per window: scores = keys @ norm(h)
+    and out = softmax(scores)^T @ values, two matmuls per window with no copies of the
+    channels-last features, several times faster on a CPU.
     """
 
     def __init__(self, channels: int, d_model: int, n_heads: int = 4, groups: int = 8) -> None:
@@ -268,9 +270,9 @@ class VariateCrossAttention(nn.Module):
         w_q = self.to_q.weight.view(hs, hd, C)  # query of head h = w_q[h] @ x
         keys = torch.einsum("bhnd,hdc->bhnc", k, w_q).reshape(B, hs * N, C) * hd**-0.5
         w_o = self.to_out.weight.view(C, hs, hd)  # out = sum_h w_o[:, h] @ o_h + bias
-        values = torch.einsum("bhnd,chd->bchn", v, w_o).reshape(B, C, hs * N)
+        values = torch.einsum("bhnd,chd->bhnc", v, w_o).reshape(B, hs * N, C)
         # each head's attention weights sum to one, so bias / heads on every value adds the bias
-        values = values + self.to_out.bias.view(1, C, 1) / hs
+        values = values + self.to_out.bias / hs
         return AttentionKV(k, v, keys, values)
 
     def forward(self, h: Tensor, kv: AttentionKV | tuple[Tensor, Tensor]) -> Tensor:
@@ -288,29 +290,22 @@ class VariateCrossAttention(nn.Module):
             out = self._folded(hn, kv.keys, kv.values, R)  # (R*B, L, C)
         else:
             q = self.to_q(hn.transpose(1, 2))  # (R*B, L, C)
-            q = q.view(R, B, L, self.n_heads, self.head_dim)  # (R, B, L, hs, hd)
-            q = q.permute(1, 3, 0, 2, 4).reshape(B, self.n_heads, R * L, self.head_dim)
+            q = q.view(B, R * L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, hs, R*L, hd)
             o = F.scaled_dot_product_attention(q, k, v)  # (B, hs, R*L, hd)
-            o = o.view(B, self.n_heads, R, L, self.head_dim)  # (B, hs, R, L, hd)
-            o = o.permute(2, 0, 3, 1, 4).reshape(RB, L, C)  # (R*B, L, C)
+            o = o.transpose(1, 2).reshape(RB, L, C)  # (R*B, L, C)
             out = self.to_out(o)  # (R*B, L, C)
         out = out.transpose(1, 2)  # (R*B, C, L) with channels-last strides
         return h + (out.unsqueeze(2) if h.dim() == 4 else out)
 
     def _folded(self, hn: Tensor, keys: Tensor, values: Tensor, R: int) -> Tensor:
-        """hn (R*B, C, L) normalised, keys (B, K, C), values (B, C, K) -> (R*B, L, C)."""
+        """hn (R*B, C, L) normalised, keys and values (B, K, C) -> (R*B, L, C)."""
         RB, C, L = hn.shape
         B, K, _ = keys.shape
-        if R == 1:
-            scores = torch.bmm(keys, hn)  # (B, K, L)
-        else:  # broadcast over the R samples: copies only the small (B, K, C) keys
-            scores = torch.matmul(keys, hn.reshape(R, B, C, L)).view(RB, K, L)
-        attn = scores.view(RB, self.n_heads, K // self.n_heads, L).softmax(dim=2)
-        attn = attn.to(values.dtype).view(RB, K, L)  # softmax may run in float32 under autocast
-        if R == 1:
-            return torch.bmm(attn.transpose(1, 2), values.transpose(1, 2))  # (B, L, C)
-        out = torch.matmul(attn.view(R, B, K, L).transpose(-1, -2), values.transpose(1, 2))
-        return out.view(RB, L, C)
+        rows = hn.transpose(1, 2).reshape(B, R * L, C)  # a view of channels-last features
+        scores = torch.bmm(keys, rows.transpose(1, 2))  # (B, K, R*L)
+        attn = scores.view(B, self.n_heads, K // self.n_heads, R * L).softmax(dim=2)
+        attn = attn.to(values.dtype).view(B, K, R * L)  # softmax may run in float32 (autocast)
+        return torch.bmm(attn.transpose(1, 2), values).view(RB, L, C)
 
 
 class DownBlock1D(nn.Module):
@@ -347,10 +342,31 @@ class UpBlock1D(nn.Module):
         self.attn = VariateCrossAttention(out_ch, d_model, n_heads, groups)
 
     def forward(self, x: Tensor, skip: Tensor, c: Tensor, kv: AttentionKV) -> Tensor:
-        scale = (1.0, 2.0) if x.dim() == 4 else 2.0  # the length only
-        h = self.up(F.interpolate(x, scale_factor=scale, mode="nearest"))  # (B, out_ch, 2L)
+        if x.dim() == 4 and not torch.is_grad_enabled():
+            h = self._upsample_conv(x)  # the same function, without the upsampled copy
+        else:
+            scale = (1.0, 2.0) if x.dim() == 4 else 2.0  # the length only
+            h = self.up(F.interpolate(x, scale_factor=scale, mode="nearest"))  # (B, out_ch, 2L)
         h = self.res(torch.cat([h, skip], dim=1), c)  # (B, out_ch, 2L)
         return self.attn(h, kv)
+
+    def _upsample_conv(self, x: Tensor) -> Tensor:
+        """up(nearest x2 upsample of x) from x itself: U-Net features (B, C, 1, L) ->
+        (B, out_ch, 1, 2L), channels-last.
+
+        With u[2i] = u[2i+1] = x[i] and taps (w0, w1, w2), output 2i is w0 x[i-1] + (w1+w2) x[i]
+        and output 2i+1 is (w0+w1) x[i] + w2 x[i+1]: one convolution of x with 2*out_ch
+        filters. Its channels-last output (B, L, [even | odd]) is the interleaved sequence.
+        """
+        w, bias = self.up.weight, self.up.bias  # (out_ch, C, 3), (out_ch,)
+        zero = torch.zeros_like(w[..., :1])
+        even = torch.cat((w[..., :1], w[..., 1:2] + w[..., 2:], zero), dim=-1)
+        odd = torch.cat((zero, w[..., :1] + w[..., 1:2], w[..., 2:]), dim=-1)
+        weight = torch.cat((even, odd)).unsqueeze(2)  # (2 out_ch, C, 1, 3)
+        y = F.conv2d(x, weight, torch.cat((bias, bias)), padding=(0, 1))  # (B, 2 out_ch, 1, L)
+        B, _, _, L = y.shape
+        y = y.permute(0, 2, 3, 1).reshape(B, 1, 2 * L, -1)  # a view when y is channels-last
+        return y.permute(0, 3, 1, 2)  # (B, out_ch, 1, 2L)
 
 
 @dataclass(frozen=True)
@@ -361,8 +377,9 @@ class UNetCondition:
     kv: one AttentionKV per cross-attention layer.
     extra_feat: (B, C0, 1, L) the first convolution applied to the extra input channels (the
         point forecast), which do not change from step to step; None if not given.
-    n_repeat: the condition serves n_repeat * B rows laid out sample-major (row s*B + b is
-        window b), like `tensor.repeat(n_repeat, 1, ...)`, without materialising the copies.
+    n_repeat: the condition serves n_repeat * B rows laid out window-major (rows b*R ..
+        b*R + R-1 belong to window b), like `tensor.repeat_interleave(n_repeat, 0)`, without
+        materialising the copies.
     """
 
     z_part: Tensor
@@ -379,7 +396,7 @@ class UNetCondition:
 
 
 def repeat_condition(cond: UNetCondition, n: int) -> UNetCondition:
-    """Condition for n * B sample-major trajectories (tensor.repeat(n, 1, ...) semantics)."""
+    """Condition for n * B window-major trajectories (tensor.repeat_interleave(n, 0))."""
     assert n >= 1, "repeat count must be >= 1"
     return replace(cond, n_repeat=cond.n_repeat * n)
 
@@ -457,7 +474,8 @@ class UNet1D(nn.Module):
             assert extra is None, "extra was already given to encode_condition"
             w = self.init_conv.weight[:, : self.n_vars]
             h = F.conv2d(to_features(self._pad(x)), w.unsqueeze(2), padding=(0, 3))
-            h.view(-1, *cond.extra_feat.shape).add_(cond.extra_feat)  # (R, B, C0, 1, L)
+            B = cond.extra_feat.shape[0]
+            h.view(B, -1, *cond.extra_feat.shape[1:]).add_(cond.extra_feat.unsqueeze(1))
             return h  # (R*B, C0, 1, L) channels-last
         if self.extra_in_channels:
             assert extra is not None and extra.shape[1] == self.extra_in_channels
@@ -475,10 +493,11 @@ class UNet1D(nn.Module):
         if t.numel() == 1:
             t_emb = self.time_mlp(t.reshape(1))  # (1, time_dim)
             c = self.cond_proj(cond.z_part, t_emb)  # (B, cond_dim)
-            return c.repeat(cond.n_repeat, 1)  # (R*B, cond_dim)
+            return c.repeat_interleave(cond.n_repeat, 0)  # (R*B, cond_dim)
         assert t.shape == (rows,), f"t must be scalar or shape ({rows},), got {tuple(t.shape)}"
         t_emb = self.time_mlp(t)  # (R*B, time_dim)
-        return self.cond_proj(cond.z_part.repeat(cond.n_repeat, 1), t_emb)  # (R*B, cond_dim)
+        z_part = cond.z_part.repeat_interleave(cond.n_repeat, 0)  # (R*B, cond_dim)
+        return self.cond_proj(z_part, t_emb)
 
     # ---- forward ------------------------------------------------------------------------------
 

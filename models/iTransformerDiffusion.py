@@ -238,17 +238,21 @@ class Model(nn.Module):
     ) -> Tensor:  # fmt: skip
         """Denoise n·B trajectories at once → x0 (n·B, N, H), sample-major rows."""
         B, N, H = shape
-        cond_n = cond.repeat(n)
+        cond_n = cond.repeat(n)  # serves window-major rows
         ab = self.alpha_bar.tolist()
         param, clip = self.parameterization, self.clip_x0
         net = self._compiled or self.denoiser
 
         def denoise(x_t: Tensor, t: int) -> tuple[Tensor, Tensor]:
+            # the sampler's rows are sample-major (the noise streams do not depend on the
+            # layout); the network's window-major rows put each window's samples side by side
+            x_in = x_t.view(n, B, N, H).transpose(0, 1).reshape(n * B, N, H)
             with torch.autocast(
                 device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
             ):
-                out = net(x_t, t, cond_n)
-            return to_x0_eps(out.float(), x_t, ab[t], param, clip)
+                out = net(x_in, t, cond_n)
+            out = out.float().view(B, n, N, H).transpose(0, 1).reshape(n * B, N, H)
+            return to_x0_eps(out, x_t, ab[t], param, clip)
 
         x_T = torch.randn((n * B, N, H), generator=generator, device=device)
         return get_sampler(sampler)(

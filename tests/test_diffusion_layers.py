@@ -85,15 +85,15 @@ def test_repeat_condition_equals_repeated_z(t_kind):
     S, B = 3, 2
     _, _, z = inputs(b=B)
     samples = torch.randn(S, B, 7, 48)
-    x = samples.reshape(S * B, 7, 48)  # sample-major: row s*B + b is window b
+    x = samples.transpose(0, 1).reshape(B * S, 7, 48)  # window-major: rows b*S .. b*S+S-1
     t = 17 if t_kind == "scalar" else torch.randint(0, 1000, (S * B,))
     lazy = model(x, t, repeat_condition(model.encode_condition(z), S))
-    direct = model(x, t, z.repeat(S, 1, 1))
+    direct = model(x, t, z.repeat_interleave(S, 0))
     assert torch.allclose(lazy, direct, atol=1e-5)
     via_method = model(x, t, model.encode_condition(z).repeat(S))
     assert torch.allclose(via_method, direct, atol=1e-5)
-    # a wrong layout is detected: batch-major repetition differs from sample-major
-    wrong = model(x, t, z.repeat_interleave(S, dim=0))
+    # a wrong layout is detected: sample-major repetition differs from window-major
+    wrong = model(x, t, z.repeat(S, 1, 1))
     assert not torch.allclose(wrong, direct, atol=1e-3)
     with pytest.raises(AssertionError):
         model(x, t, model.encode_condition(z))  # condition serves B rows, x has S*B
@@ -210,10 +210,10 @@ def test_unet_invariant_to_permuting_condition_variates():
 def test_cross_attention_folds_repeats_like_explicit_copies():
     torch.manual_seed(0)
     attn = VariateCrossAttention(channels=16, d_model=D_MODEL, n_heads=2)
-    h = torch.randn(3 * 2, 16, 10)  # (S*B, C, L)
+    h = torch.randn(2 * 3, 16, 10)  # (B*S, C, L), window-major
     z = torch.randn(2, 5, D_MODEL)
     lazy = attn(h, attn.kv(z))
-    direct = attn(h, attn.kv(z.repeat(3, 1, 1)))
+    direct = attn(h, attn.kv(z.repeat_interleave(3, 0)))
     assert torch.allclose(lazy, direct, atol=1e-6)
 
 
@@ -241,10 +241,10 @@ def test_cross_attention_matches_textbook_formula(n_vars, length):
     kv = attn.kv(z)
     folded = 2 * n_vars <= 2 * min(16, length)
     assert (kv.keys is not None and 2 * n_vars <= 2 * length) == folded
-    h = torch.randn(3 * 2, 16, length)  # (S*B, C, L), sample-major
-    ref = textbook_attention(attn, h, z.repeat(3, 1, 1))
+    h = torch.randn(2 * 3, 16, length)  # (B*S, C, L), window-major
+    ref = textbook_attention(attn, h, z.repeat_interleave(3, 0))
     assert torch.allclose(attn(h, kv), ref, atol=1e-5)
-    assert torch.allclose(attn(h[:2], kv), ref[:2], atol=1e-5)  # one sample (R = 1)
+    assert torch.allclose(attn(h[::3], kv), ref[::3], atol=1e-5)  # one sample (R = 1)
     assert torch.allclose(attn(h, (kv.k, kv.v)), ref, atol=1e-5)  # textbook path
 
 
@@ -253,7 +253,9 @@ def test_extra_channels_precomputed_equal_concatenated():
     perturb_(model)
     x, t, z = inputs(h=36)  # padded inside
     extra = torch.randn(2, 3, 36)
-    ref = model(x.repeat(4, 1, 1), 17, z.repeat(4, 1, 1), extra=extra.repeat(4, 1, 1))
+    ref = model(
+        x.repeat(4, 1, 1), 17, z.repeat_interleave(4, 0), extra=extra.repeat_interleave(4, 0)
+    )
     cond = model.encode_condition(z, extra=extra).repeat(4)
     assert cond.extra_feat.shape == (2, 8, 1, 40)
     assert torch.allclose(model(x.repeat(4, 1, 1), 17, cond), ref, atol=1e-5)
