@@ -4,7 +4,9 @@ Prints, on one model (trained with --checkpoint, else freshly initialised) and t
 test windows:
   (a) trajectories·steps per second of ``predict`` and of a faithful re-implementation of the
       original design's sampler (a Python loop over samples, the encoder recomputed at every
-      step), at the same sampler, steps and samples, measured side by side in one run;
+      step), at the same sampler, steps and samples, measured side by side in one run: the
+      two alternate --repeats times and each keeps its fastest run (the machine's load varies
+      from second to second on a shared host; every run is printed);
   (b) with --checkpoint, CRPS and seconds for DDPM 1000, DDIM 10/20/50/100 and DPM-Solver
       5/10/20 on the same windows from the same initial noise;
   (c) the peak memory of the sampling runs.
@@ -34,6 +36,7 @@ from models import iTransformerDiffusion  # noqa: E402
 from models.iTransformerDiffusionDirect import Model as DirectModel  # noqa: E402
 from utils.args import build_parser, check_args  # noqa: E402
 from utils.metrics import crps_ensemble  # noqa: E402
+from utils.tools import keep_freed_memory  # noqa: E402
 
 TABLE = [("ddpm", 1000), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100),
          ("dpm_solver", 5), ("dpm_solver", 10), ("dpm_solver", 20)]  # fmt: skip
@@ -48,6 +51,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm"))
     p.add_argument("--steps", type=int, default=None, help="default: 10 with --quick, else 50")
     p.add_argument("--table_windows", type=int, default=256, help="windows for table (b)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each, interleaved")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--root_path", default="./dataset/ETT-small/")
     p.add_argument("--amp", action="store_true", help="bf16 autocast in predict (as --use_amp)")
@@ -139,22 +143,28 @@ def throughput(model, args, opts, device) -> float:
     work = S * B * steps
     gen = torch.Generator(device=device)
     model.predict(x[:2], x_mark[:2], n_samples=2, sampler="ddim", steps=2)  # warm-up
-    gen.manual_seed(0)
     batched = lambda: model.predict(  # noqa: E731
         x, x_mark, S, opts.sampler, steps, generator=gen, autocast_dtype=amp_dtype(opts)
     )
+    looped = lambda: looped_original(model, x, x_mark, S, steps, gen)  # noqa: E731
     if opts.compile:
         model.compile_denoiser()
         batched()  # compile outside the timing
-        gen.manual_seed(0)
-    _, t_batched = timed(batched, device)
-    gen.manual_seed(0)
-    _, t_looped = timed(lambda: looped_original(model, x, x_mark, S, steps, gen), device)
+    times = {"batched": [], "looped": []}
+    for _ in range(opts.repeats):  # interleaved, so that both see the same machine load
+        for name, fn in (("batched", batched), ("looped", looped)):
+            gen.manual_seed(0)
+            times[name].append(timed(fn, device)[1])
+    t_batched, t_looped = min(times["batched"]), min(times["looped"])
     extras = " + ".join(n for n, on in (("bf16", opts.amp), ("compile", opts.compile)) if on)
     print(f"(a) {S} samples x {B} windows x {steps} {opts.sampler} steps on {device}")
     print(f"    predict options: {extras or 'fp32, eager'}; the looped original: fp32, eager")
+    print(f"    best of {opts.repeats} interleaved runs each (all runs, s: ", end="")
+    print("; ".join(f"{n} " + " ".join(f"{t:.2f}" for t in ts) for n, ts in times.items()) + ")")
     print(f"    predict (batched): {work / t_batched:12.1f} trajectory-steps/s ({t_batched:.2f} s)")
     print(f"    looped original:   {work / t_looped:12.1f} trajectory-steps/s ({t_looped:.2f} s)")
+    ratios = [tl / tb for tb, tl in zip(times["batched"], times["looped"])]
+    print(f"    ratio of each pair: {' '.join(f'{r:.2f}' for r in ratios)}")
     return t_looped / t_batched
 
 
@@ -185,6 +195,8 @@ def crps_table(model, args, opts, device) -> None:
 
 def main() -> None:
     opts = parse()
+    if not keep_freed_memory():  # as run.py does
+        print("note: glibc's malloc padding is unavailable here")
     device = torch.device(opts.device)
     args = model_args(opts)
     resolve_dimensions(args)
