@@ -93,16 +93,20 @@ def windows(args, count: int, device):
 
 
 @torch.inference_mode()
-def looped_original(model, x, x_mark, n_samples, steps, generator):
+def looped_original(model, x, x_mark, n_samples, steps, generator, noise=None):
     """The original design's sampler: a Python loop over samples; at every step the backbone
-    and the condition are recomputed and the denoiser sees one sample of the batch."""
+    and the condition are recomputed and the denoiser sees one sample of the batch (DDIM,
+    η = 0). ``noise`` (S, B, N, H) replaces the initial noise drawn from ``generator``."""
     B, _, N = x.shape
     H = model.pred_len
     ab = model.alpha_bar.tolist()
     ts = timesteps(len(ab), steps, "linear")
     outs = []
-    for _ in range(n_samples):
-        sample = torch.randn((B, N, H), generator=generator, device=x.device)
+    for s in range(n_samples):
+        if noise is None:
+            sample = torch.randn((B, N, H), generator=generator, device=x.device)
+        else:
+            sample = noise[s]
         for i, t in enumerate(ts):
             y_det, z, norm = model.backbone_forward(x, x_mark)  # recomputed every step
             t_batch = torch.full((B,), t, device=x.device)
