@@ -247,10 +247,13 @@ class Model(nn.Module):
             # the sampler's rows are sample-major (the noise streams do not depend on the
             # layout); the network's window-major rows put each window's samples side by side
             x_in = x_t.view(n, B, N, H).transpose(0, 1).reshape(n * B, N, H)
+            # the step as a tensor (a fill, no host-device copy), so that a compiled denoiser
+            # has one graph for all steps rather than one per step value
+            t_in = torch.full((1,), float(t), device=device)
             with torch.autocast(
                 device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
             ):
-                out = net(x_in, t, cond_n)
+                out = net(x_in, t_in, cond_n)
             out = out.float().view(B, n, N, H).transpose(0, 1).reshape(n * B, N, H)
             return to_x0_eps(out, x_t, ab[t], param, clip)
 

@@ -173,18 +173,24 @@ def test_compiled_or_eager_falls_back_when_compiled_code_fails(monkeypatch, capl
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
                     reason="torch.compile on the CPU needs a C++ compiler")  # fmt: skip
-def test_compiled_denoiser_gives_the_eager_samples():
-    """--compile: the same samples as eager, including an uneven last chunk (a second shape)."""
+def test_compiled_denoiser_gives_the_eager_samples_with_one_graph_per_shape():
+    """--compile: the same samples as eager. Ten steps and two chunk shapes (an uneven last
+    chunk) compile two graphs: the step is a tensor input, not a constant that recompiles at
+    every step (past torch's limit of 8, dynamo would quietly fall back to eager)."""
+    from torch._dynamo.utils import counters
+
     model = _model()
     x, x_mark = _inputs()
 
     def run():
         g = torch.Generator().manual_seed(0)
-        return model.predict(x, x_mark, S, steps=2, generator=g, sample_chunk=12 * B)[2]
+        return model.predict(x, x_mark, S, steps=10, generator=g, sample_chunk=12 * B)[2]
 
     eager = run()
     model.compile_denoiser()
+    graphs = counters["stats"]["unique_graphs"]
     compiled = run()
     assert model._compiled.compiled is not None, "torch.compile fell back to eager"
+    assert counters["stats"]["unique_graphs"] - graphs == 2
     scale = eager.abs().max().item()
     assert (compiled - eager).abs().max().item() < 1e-4 * scale
