@@ -151,9 +151,12 @@ def throughput(model, args, opts, device) -> float:
         x, x_mark, S, opts.sampler, steps, generator=gen, autocast_dtype=amp_dtype(opts)
     )
     looped = lambda: looped_original(model, x, x_mark, S, steps, gen)  # noqa: E731
+    compile_note = ""
     if opts.compile:
         model.compile_denoiser()
-        batched()  # compile outside the timing
+        gen.manual_seed(0)
+        compile_seconds = timed(batched, device)[1]  # compiles each chunk shape, untimed below
+        compile_note = f" (the first call, which compiled, took {compile_seconds:.1f} s)"
     times = {"batched": [], "looped": []}
     for _ in range(opts.repeats):  # interleaved, so that both see the same machine load
         for name, fn in (("batched", batched), ("looped", looped)):
@@ -162,7 +165,8 @@ def throughput(model, args, opts, device) -> float:
     t_batched, t_looped = min(times["batched"]), min(times["looped"])
     extras = " + ".join(n for n, on in (("bf16", opts.amp), ("compile", opts.compile)) if on)
     print(f"(a) {S} samples x {B} windows x {steps} {opts.sampler} steps on {device}")
-    print(f"    predict options: {extras or 'fp32, eager'}; the looped original: fp32, eager")
+    print(f"    predict options: {extras or 'fp32, eager'}{compile_note}")
+    print("    the looped original: fp32, eager")
     print(f"    best of {opts.repeats} interleaved runs each (all runs, s: ", end="")
     print("; ".join(f"{n} " + " ".join(f"{t:.2f}" for t in ts) for n, ts in times.items()) + ")")
     print(f"    predict (batched): {work / t_batched:12.1f} trajectory-steps/s ({t_batched:.2f} s)")
