@@ -84,13 +84,15 @@ class GroupNorm(nn.GroupNorm):
         beta: Tensor | None = None,
         act: bool = False,
     ) -> Tensor:
-        """x (B, C, ...) -> silu?(norm(x) * (1 + gamma) + beta); gamma, beta (B, C) or None."""
+        """x (R*B, C, ...) -> silu?(norm(x) * (1 + gamma) + beta); gamma, beta (B, C) or None.
+
+        gamma and beta may have fewer rows than x: row b serves x's rows b*R .. b*R + R-1
+        (window-major, as the U-Net lays out a window's samples)."""
         if self._fast_path(x):
             return self._fused_features(x, gamma, beta, act)
         h = self(x)
         if gamma is not None:
-            shape = (*gamma.shape, *[1] * (h.dim() - 2))  # (B, C, 1, ...)
-            h = torch.addcmul(beta.view(shape), h, 1 + gamma.view(shape))  # one pass over h
+            h = film(h, gamma, beta)
         return F.silu(h) if act else h
 
     def _fast_path(self, x: Tensor) -> bool:
@@ -126,14 +128,25 @@ class GroupNorm(nn.GroupNorm):
         scale = rstd * self.weight.view(G, -1)  # (B, G, C/G)
         shift = torch.addcmul(self.bias.view(G, -1), mean, scale, value=-1).view(B, C)
         scale = scale.view(B, C)
-        if gamma is not None:
-            gamma = 1 + gamma
-            scale = scale.mul_(gamma)
-            shift = torch.addcmul(beta, shift, gamma)
+        if gamma is not None:  # per window: (W, C) for B = W*R rows
+            W = gamma.shape[0]
+            gamma = (1 + gamma).unsqueeze(1)  # (W, 1, C)
+            scale = scale.view(W, -1, C).mul_(gamma).view(B, C)
+            shift = torch.addcmul(beta.unsqueeze(1), shift.view(W, -1, C), gamma).view(B, C)
         out = torch.addcmul(shift.unsqueeze(1), rows, scale.unsqueeze(1))  # (B, L, C)
         if act:
             out = F.silu(out, inplace=True)
         return out.view(B, 1, L, C).permute(0, 3, 1, 2)  # (B, C, 1, L) channels-last
+
+
+def film(h: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
+    """h * (1 + gamma) + beta in one pass over h (R*B, C, ...), gamma and beta (B, C): row b
+    of gamma and beta serves h's rows b*R .. b*R + R-1 (window-major)."""
+    W, C = gamma.shape
+    ones = [1] * (h.dim() - 2)
+    rows = h.view(W, -1, *h.shape[1:])  # (B, R, C, ...), a view whatever h's memory format
+    out = torch.addcmul(beta.view(W, 1, C, *ones), rows, 1 + gamma.view(W, 1, C, *ones))
+    return out.view(h.shape)
 
 
 def to_features(x: Tensor) -> Tensor:
@@ -190,10 +203,8 @@ class FiLMLayer(nn.Module):
         return self.proj(F.silu(c)).chunk(2, dim=1)
 
     def forward(self, h: Tensor, c: Tensor) -> Tensor:
-        """h (B, C, ...) already normalised, c (B, cond_dim) -> like h."""
-        gamma, beta = self.scale_shift(c)
-        shape = (*gamma.shape, *[1] * (h.dim() - 2))  # (B, C, 1, ...)
-        return torch.addcmul(beta.view(shape), h, 1 + gamma.view(shape))  # one pass over h
+        """h (R*B, C, ...) already normalised, c (B, cond_dim) -> like h (see `film`)."""
+        return film(h, *self.scale_shift(c))
 
 
 class ResBlock1D(nn.Module):
@@ -485,15 +496,16 @@ class UNet1D(nn.Module):
         return self.init_conv(to_features(self._pad(x)))
 
     def _global_cond(self, cond: UNetCondition, t: Tensor | int | float, rows: int) -> Tensor:
-        """FiLM vector (rows, cond_dim); a scalar t is embedded once and broadcast."""
+        """FiLM vector: (B, cond_dim), one per window, for a scalar t (embedded once; each
+        row serves its window's R trajectories, see `film`); (rows, cond_dim) for one t per
+        row."""
         device = cond.z_part.device
         if isinstance(t, (int, float)):  # a fill kernel: no host-to-device copy, no sync
             t = torch.full((1,), float(t), device=device)
         t = torch.as_tensor(t, device=device)
         if t.numel() == 1:
             t_emb = self.time_mlp(t.reshape(1))  # (1, time_dim)
-            c = self.cond_proj(cond.z_part, t_emb)  # (B, cond_dim)
-            return c.repeat_interleave(cond.n_repeat, 0)  # (R*B, cond_dim)
+            return self.cond_proj(cond.z_part, t_emb)  # (B, cond_dim)
         assert t.shape == (rows,), f"t must be scalar or shape ({rows},), got {tuple(t.shape)}"
         t_emb = self.time_mlp(t)  # (R*B, time_dim)
         z_part = cond.z_part.repeat_interleave(cond.n_repeat, 0)  # (R*B, cond_dim)
@@ -515,7 +527,7 @@ class UNet1D(nn.Module):
             cond = self.encode_condition(cond)
         rows, _, H = x.shape
         assert rows == cond.batch_size, f"x has {rows} rows, condition serves {cond.batch_size}"
-        c = self._global_cond(cond, t, rows)  # (R*B, cond_dim)
+        c = self._global_cond(cond, t, rows)  # (B or R*B, cond_dim)
         h = self._first_conv(x, cond, extra)  # (R*B, C0, 1, L) channels-last, L = H padded
         skips = []
         for down in self.downs:

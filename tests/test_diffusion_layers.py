@@ -8,6 +8,7 @@ from layers.Diffusion_layers import (
     SinusoidalPosEmb,
     UNet1D,
     VariateCrossAttention,
+    film,
     repeat_condition,
 )
 
@@ -142,6 +143,32 @@ def test_groupnorm_fast_path_matches_torch_group_norm(channels, groups, length, 
     assert torch.allclose(fused, F.silu(ref_film), atol=1e-4)
     assert fused.is_contiguous(memory_format=torch.channels_last)
     assert not norm._fast_path(x.contiguous()) and not norm._fast_path(x.squeeze(2))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("dims", [4, 3])
+def test_film_per_window_serves_its_window_major_rows(fast, dims):
+    """gamma, beta with one row per window scale and shift that window's R rows (b*R ..
+    b*R + R-1), exactly as the same rows repeated R times would, in both norm paths."""
+    torch.manual_seed(0)
+    W, R, C, L = 5, 8, 16, 24
+    norm = GroupNorm(8, C)
+    norm.fast_min_numel = 0 if fast else 1 << 62
+    x = torch.randn(W * R, C, 1, L).contiguous(memory_format=torch.channels_last)
+    if dims == 3:
+        x = x.squeeze(2).contiguous()  # the (rows, C, L) layout of training
+    gamma, beta = (0.5 * torch.randn(2, W, C)).unbind(0)
+    with torch.no_grad():
+        per_window = norm.norm_act(x, gamma, beta, act=True)
+        per_row = norm.norm_act(
+            x, gamma.repeat_interleave(R, 0), beta.repeat_interleave(R, 0), act=True
+        )
+        assert norm._fast_path(x) == (fast and dims == 4)
+    assert torch.allclose(per_window, per_row, atol=1e-6)
+    h = torch.randn_like(x)
+    ref = h * (1 + gamma.repeat_interleave(R, 0).view(W * R, C, *[1] * (dims - 2)))
+    ref = ref + beta.repeat_interleave(R, 0).view(W * R, C, *[1] * (dims - 2))
+    assert torch.allclose(film(h, gamma, beta), ref, atol=1e-6)
 
 
 def test_unet_inference_path_equals_training_path():
