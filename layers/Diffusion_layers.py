@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from layers import cpu_kernels
+
 
 def group_count(channels: int, groups: int = 8) -> int:
     """Largest divisor of `channels` not above `groups` that also divides `groups` (gcd)."""
@@ -56,13 +58,16 @@ class Conv1d(nn.Conv1d):
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm with a fast CPU inference path and the FiLM and SiLU that follow it.
 
-    ``norm_act(x, gamma, beta, act)`` is ``silu(norm(x) * (1 + gamma) + beta)`` (FiLM and SiLU
-    optional). On U-Net features in a CPU inference pass it computes the group statistics from
-    per-channel sums and sums of squares, then applies normalisation, affine and FiLM as one
-    per-(row, channel) scale and shift: two cheap reductions and one or two passes over the
-    features. oneDNN's channels-last group norm with a few channels per group took 5-10 times
-    as long as such a pass (1.5 ms against 0.1 ms for 640 x 16 x 96 features). Small inputs
-    (a batch of a few dozen windows) keep torch's kernel, which is faster there.
+    ``norm_act(x, gamma, beta, act, residual)`` is ``silu(norm(x) * (1 + gamma) + beta) +
+    residual`` (FiLM, SiLU and residual optional). On float32 U-Net features in a CPU inference
+    pass it runs the fused C kernel of `layers.cpu_kernels` (two passes over the features)
+    where that is compiled. Otherwise, and for bfloat16 features, it computes the group
+    statistics from per-channel sums and sums of squares, then applies normalisation, affine
+    and FiLM as one per-(row, channel) scale and shift: two cheap reductions and one or two
+    passes over the features. oneDNN's channels-last group norm with a few channels per group
+    took 5-10 times as long as such a pass (1.5 ms against 0.1 ms for 640 x 16 x 96 features).
+    Small inputs (a batch of a few dozen windows) keep torch's kernel there, which is faster
+    than ~25 small tensor operations.
 
     Half-precision CPU features are normalised in float32: CUDA autocast already runs
     group_norm in float32; CPU autocast does not, and oneDNN's bfloat16 kernel for
@@ -83,24 +88,36 @@ class GroupNorm(nn.GroupNorm):
         gamma: Tensor | None = None,
         beta: Tensor | None = None,
         act: bool = False,
+        residual: Tensor | None = None,
     ) -> Tensor:
-        """x (R*B, C, ...) -> silu?(norm(x) * (1 + gamma) + beta); gamma, beta (B, C) or None.
+        """x (R*B, C, ...) -> silu?(norm(x) * (1 + gamma) + beta) + residual?; gamma, beta
+        (B, C) or None, residual like x or None.
 
         gamma and beta may have fewer rows than x: row b serves x's rows b*R .. b*R + R-1
         (window-major, as the U-Net lays out a window's samples)."""
-        if self._fast_path(x):
-            return self._fused_features(x, gamma, beta, act)
+        if self._cpu_inference_features(x):
+            if x.dtype == torch.float32:  # the fused C kernel, where it is compiled
+                out = cpu_kernels.group_norm_act(
+                    x, self.num_groups, self.weight, self.bias, self.eps, gamma, beta, act,
+                    residual,
+                )  # fmt: skip
+                if out is not None:
+                    return out
+            if x.numel() >= self.fast_min_numel:
+                out = self._fused_features(x, gamma, beta, act)
+                return out if residual is None else out.add_(residual)
         h = self(x)
         if gamma is not None:
             h = film(h, gamma, beta)
-        return F.silu(h) if act else h
+        h = F.silu(h) if act else h
+        return h if residual is None else h + residual
 
-    def _fast_path(self, x: Tensor) -> bool:
+    def _cpu_inference_features(self, x: Tensor) -> bool:
+        """U-Net features (B, C, 1, L) in channels-last memory, in a CPU inference pass."""
         return (
             x.device.type == "cpu"
             and x.dim() == 4
             and x.shape[2] == 1
-            and x.numel() >= self.fast_min_numel
             and x.is_contiguous(memory_format=torch.channels_last)
             and self.affine
             and not torch.is_grad_enabled()
@@ -225,8 +242,8 @@ class ResBlock1D(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         gamma, beta = self.film.scale_shift(c)  # (B, out_ch) each
         h = self.norm1.norm_act(self.conv1(x), gamma, beta, act=True)  # (B, out_ch, L)
-        h = self.norm2.norm_act(self.conv2(self.dropout(h)), act=True)  # (B, out_ch, L)
-        return h + self.res_conv(x)
+        h = self.conv2(self.dropout(h))  # (B, out_ch, L)
+        return self.norm2.norm_act(h, act=True, residual=self.res_conv(x))
 
 
 class AttentionKV(NamedTuple):
@@ -298,7 +315,15 @@ class VariateCrossAttention(nn.Module):
         assert RB % B == 0, f"feature batch {RB} is not a multiple of condition batch {B}"
         R = RB // B
         if isinstance(kv, AttentionKV) and kv.keys is not None and self.n_heads * N <= 2 * L:
-            out = self._folded(hn, kv.keys, kv.values, R)  # (R*B, L, C)
+            attn = self._folded_weights(hn, kv.keys, R)  # (B, K, R*L)
+            fused = h.dim() == 4 and h.is_contiguous(memory_format=torch.channels_last)
+            if fused and attn.dtype == h.dtype == kv.values.dtype == torch.float32:
+                # h + attn^T @ values as one matmul that starts from h: a pass fewer
+                rows = h.permute(0, 2, 3, 1).reshape(B, R * L, C)  # a view of h's memory
+                out = torch.baddbmm(rows, attn.transpose(1, 2), kv.values)  # (B, R*L, C)
+                return out.view(RB, 1, L, C).permute(0, 3, 1, 2)  # (R*B, C, 1, L)
+            attn = attn.to(kv.values.dtype)  # softmax may run in float32 (autocast)
+            out = torch.bmm(attn.transpose(1, 2), kv.values).view(RB, L, C)
         else:
             q = self.to_q(hn.transpose(1, 2))  # (R*B, L, C)
             q = q.view(B, R * L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, hs, R*L, hd)
@@ -308,15 +333,20 @@ class VariateCrossAttention(nn.Module):
         out = out.transpose(1, 2)  # (R*B, C, L) with channels-last strides
         return h + (out.unsqueeze(2) if h.dim() == 4 else out)
 
-    def _folded(self, hn: Tensor, keys: Tensor, values: Tensor, R: int) -> Tensor:
-        """hn (R*B, C, L) normalised, keys and values (B, K, C) -> (R*B, L, C)."""
+    def _folded_weights(self, hn: Tensor, keys: Tensor, R: int) -> Tensor:
+        """hn (R*B, C, L) normalised, keys (B, K, C) -> attention weights (B, K, R*L), each
+        head's softmax over the variates."""
         RB, C, L = hn.shape
         B, K, _ = keys.shape
         rows = hn.transpose(1, 2).reshape(B, R * L, C)  # a view of channels-last features
         scores = torch.bmm(keys, rows.transpose(1, 2))  # (B, K, R*L)
-        attn = scores.view(B, self.n_heads, K // self.n_heads, R * L).softmax(dim=2)
-        attn = attn.to(values.dtype).view(B, K, R * L)  # softmax may run in float32 (autocast)
-        return torch.bmm(attn.transpose(1, 2), values).view(RB, L, C)
+        scores = scores.view(B, self.n_heads, K // self.n_heads, R * L)
+        attn = None
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            attn = cpu_kernels.softmax_(scores, dim=2)  # in place, where the kernel applies
+        if attn is None:
+            attn = scores.softmax(dim=2)
+        return attn.view(B, K, R * L)
 
 
 class DownBlock1D(nn.Module):

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_provider.data_factory import build_dataset, resolve_dimensions  # noqa: E402
 from diffusion import ddim_update, timesteps, to_x0_eps  # noqa: E402
 from exp.exp_basic import read_checkpoint  # noqa: E402
+from layers import cpu_kernels  # noqa: E402
 from models import iTransformerDiffusion  # noqa: E402
 from models.iTransformerDiffusionDirect import Model as DirectModel  # noqa: E402
 from utils.args import build_parser, check_args  # noqa: E402
@@ -167,6 +168,9 @@ def throughput(model, args, opts, device) -> float:
     print(f"(a) {S} samples x {B} windows x {steps} {opts.sampler} steps on {device}")
     print(f"    predict options: {extras or 'fp32, eager'}{compile_note}")
     print("    the looped original: fp32, eager")
+    if device.type == "cpu":  # both use them where they apply
+        state = "built" if cpu_kernels.load() else "not available, torch operations instead"
+        print(f"    fused CPU kernels (layers/cpu_kernels.py): {state}")
     print(f"    best of {opts.repeats} interleaved runs each (all runs, s: ", end="")
     print("; ".join(f"{n} " + " ".join(f"{t:.2f}" for t in ts) for n, ts in times.items()) + ")")
     print(f"    predict (batched): {work / t_batched:12.1f} trajectory-steps/s ({t_batched:.2f} s)")

@@ -121,39 +121,49 @@ def test_film_identity_at_init():
 
 @pytest.mark.parametrize("channels,groups,length", [(16, 8, 96), (64, 8, 24), (12, 4, 7)])
 @pytest.mark.parametrize("offset", [0.0, 10.0])
-def test_groupnorm_fast_path_matches_torch_group_norm(channels, groups, length, offset):
-    """The CPU inference path (sums and sums of squares, one fused scale-and-shift) against
-    torch's group_norm followed by FiLM and SiLU, with features far from zero mean too."""
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+def test_groupnorm_fast_path_matches_torch_group_norm(
+    channels, groups, length, offset, path, request
+):
+    """The CPU inference paths (the fused C kernel; sums and sums of squares with one fused
+    scale-and-shift in torch) against torch's group_norm followed by FiLM, SiLU and a
+    residual, with features far from zero mean too."""
+    request.getfixturevalue("kernels" if path == "kernel" else "no_cpu_kernels")
     torch.manual_seed(0)
     norm = GroupNorm(groups, channels)
-    norm.fast_min_numel = 0  # small test tensors take the fast path too
+    norm.fast_min_numel = 0  # small test tensors take the torch fast path too
     with torch.no_grad():
         norm.weight.normal_()
         norm.bias.normal_()
     x = offset + 3 * torch.randn(40, channels, 1, length)
     x = x.contiguous(memory_format=torch.channels_last)
     gamma, beta = (0.5 * torch.randn(2, 40, channels)).unbind(0)
+    residual = torch.randn_like(x)
     ref_norm = F.group_norm(x.contiguous(), groups, norm.weight, norm.bias, norm.eps)
     ref_film = ref_norm * (1 + gamma[..., None, None]) + beta[..., None, None]
     with torch.no_grad():
-        assert norm._fast_path(x)
+        assert norm._cpu_inference_features(x)
         plain = norm.norm_act(x)
         fused = norm.norm_act(x, gamma, beta, act=True)
+        with_residual = norm.norm_act(x, gamma, beta, act=True, residual=residual)
     assert torch.allclose(plain, ref_norm, atol=1e-4)
     assert torch.allclose(fused, F.silu(ref_film), atol=1e-4)
+    assert torch.allclose(with_residual, F.silu(ref_film) + residual, atol=1e-4)
     assert fused.is_contiguous(memory_format=torch.channels_last)
-    assert not norm._fast_path(x.contiguous()) and not norm._fast_path(x.squeeze(2))
+    assert not norm._cpu_inference_features(x.contiguous())
+    assert not norm._cpu_inference_features(x.squeeze(2))
 
 
-@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("path", ["kernel", "torch-fused", "torch"])
 @pytest.mark.parametrize("dims", [4, 3])
-def test_film_per_window_serves_its_window_major_rows(fast, dims):
+def test_film_per_window_serves_its_window_major_rows(path, dims, request):
     """gamma, beta with one row per window scale and shift that window's R rows (b*R ..
-    b*R + R-1), exactly as the same rows repeated R times would, in both norm paths."""
+    b*R + R-1), exactly as the same rows repeated R times would, in every norm path."""
+    request.getfixturevalue("kernels" if path == "kernel" else "no_cpu_kernels")
     torch.manual_seed(0)
     W, R, C, L = 5, 8, 16, 24
     norm = GroupNorm(8, C)
-    norm.fast_min_numel = 0 if fast else 1 << 62
+    norm.fast_min_numel = 1 << 62 if path == "torch" else 0
     x = torch.randn(W * R, C, 1, L).contiguous(memory_format=torch.channels_last)
     if dims == 3:
         x = x.squeeze(2).contiguous()  # the (rows, C, L) layout of training
@@ -163,7 +173,7 @@ def test_film_per_window_serves_its_window_major_rows(fast, dims):
         per_row = norm.norm_act(
             x, gamma.repeat_interleave(R, 0), beta.repeat_interleave(R, 0), act=True
         )
-        assert norm._fast_path(x) == (fast and dims == 4)
+        assert norm._cpu_inference_features(x) == (dims == 4)
     assert torch.allclose(per_window, per_row, atol=1e-6)
     h = torch.randn_like(x)
     ref = h * (1 + gamma.repeat_interleave(R, 0).view(W * R, C, *[1] * (dims - 2)))
@@ -171,20 +181,23 @@ def test_film_per_window_serves_its_window_major_rows(fast, dims):
     assert torch.allclose(film(h, gamma, beta), ref, atol=1e-6)
 
 
-def test_unet_inference_path_equals_training_path():
-    """No-grad forward (fast group norm) equals the autograd forward (torch's group norm)."""
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+def test_unet_inference_path_equals_training_path(path, request):
+    """No-grad forward (fused C kernels, or torch's fused group norm) equals the autograd
+    forward (torch's group norm and softmax)."""
+    request.getfixturevalue("kernels" if path == "kernel" else "no_cpu_kernels")
     model = make_unet(extra_in_channels=7)
     perturb_(model)
     norms = [m for m in model.modules() if isinstance(m, GroupNorm)]
     for m in norms:
-        m.fast_min_numel = 0  # every norm of this small batch takes the fast path
+        m.fast_min_numel = 0  # every norm of this small batch takes the torch fast path
     x, t, z = inputs(b=4, h=96)
     extra = torch.randn(4, 7, 96)
     ref = model(x, t, z, extra=extra)
     assert ref.requires_grad
     with torch.no_grad():
         assert all(
-            m._fast_path(
+            m._cpu_inference_features(
                 torch.empty(4, m.num_channels, 1, 8).contiguous(memory_format=torch.channels_last)
             )
             for m in norms

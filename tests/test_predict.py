@@ -5,7 +5,8 @@ over samples that recomputes the backbone and the condition at every step and fe
 denoiser one sample of the batch at a time. These tests check that the two compute the same
 samples from the same initial noise, for every way ``predict`` can chunk the trajectories, so
 the benchmark's speed-up compares like with like. The sizes put the U-Net's feature maps above
-``GroupNorm.fast_min_numel``, so the fused inference path is the one being checked.
+``GroupNorm.fast_min_numel``, so a fused inference path (the C kernels where they are built)
+is the one being checked.
 """
 
 from __future__ import annotations

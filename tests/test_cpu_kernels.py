@@ -1,0 +1,160 @@
+"""The fused C kernels of ``layers.cpu_kernels`` against torch's own functions.
+
+References are computed in float64 with torch (``F.group_norm``, ``F.silu``, ``softmax``);
+the kernels must match them to float32 accuracy, also far from zero mean, on ranges where the
+kernel's polynomial exp clamps, with several OpenMP threads, and must decline (return None)
+what they do not handle, so that callers fall back to torch operations.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from layers import cpu_kernels
+
+
+def features(rows: int, channels: int, length: int, offset: float = 0.0, scale: float = 3.0):
+    torch.manual_seed(0)
+    x = offset + scale * torch.randn(rows, channels, 1, length)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def reference(x, groups, weight, bias, eps, gamma=None, beta=None, act=False, residual=None):
+    """float64 torch: group_norm, FiLM per window (window-major rows), SiLU, residual."""
+    h = F.group_norm(x.double().contiguous(), groups, weight.double(), bias.double(), eps)
+    if gamma is not None:
+        W, C = gamma.shape
+        rows = h.view(W, -1, *h.shape[1:])
+        h = rows * (1 + gamma.double().view(W, 1, C, 1, 1)) + beta.double().view(W, 1, C, 1, 1)
+        h = h.view(x.shape)
+    if act:
+        h = F.silu(h)
+    return h if residual is None else h + residual.double()
+
+
+@pytest.mark.parametrize(
+    "channels,groups,length", [(16, 8, 96), (64, 8, 24), (24, 8, 5), (12, 4, 7)]
+)
+@pytest.mark.parametrize("offset", [0.0, 10.0])
+@pytest.mark.parametrize("film,act,res", [(False, False, False), (True, True, False),
+                                          (False, True, True), (True, True, True)])  # fmt: skip
+def test_group_norm_act_matches_torch(kernels, channels, groups, length, offset, film, act, res):
+    x = features(40, channels, length, offset)
+    weight, bias = torch.randn(channels), torch.randn(channels)
+    gamma, beta = (0.5 * torch.randn(2, 8, channels)).unbind(0) if film else (None, None)
+    residual = features(40, channels, length) if res else None
+    out = cpu_kernels.group_norm_act(x, groups, weight, bias, 1e-5, gamma, beta, act, residual)
+    ref = reference(x, groups, weight, bias, 1e-5, gamma, beta, act, residual)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_group_norm_act_silu_over_a_wide_range(kernels):
+    """Weights of 40 spread the normalised values over about [-190, 160]: the SiLU's exp runs
+    through its whole range, clamps included. The kernel must be as accurate as torch's own
+    float32 group_norm and SiLU, measured against float64."""
+    x = features(64, 16, 96)
+    weight, bias = torch.full((16,), 40.0), torch.linspace(-20, 20, 16)
+    pre = reference(x, 8, weight, bias, 1e-5)
+    assert pre.min() < -100 and pre.max() > 100  # both tails of SiLU are exercised
+    ref = reference(x, 8, weight, bias, 1e-5, act=True)
+    out = cpu_kernels.group_norm_act(x, 8, weight, bias, 1e-5, act=True).double()
+    torch32 = F.silu(F.group_norm(x.contiguous(), 8, weight, bias, 1e-5)).double()
+    err, err32 = (out - ref).abs(), (torch32 - ref).abs()
+    big = ref.abs() > 1
+    assert torch.isfinite(out).all()
+    assert err.max() <= 2 * err32.max()
+    assert (err / ref.abs())[big].max() <= max(5e-6, 2 * (err32 / ref.abs())[big].max())
+
+
+def test_group_norm_act_with_several_threads(kernels):
+    x = features(301, 32, 48, offset=1.0)  # an odd row count, split over the threads
+    weight, bias = torch.randn(32), torch.randn(32)
+    gamma, beta = (0.3 * torch.randn(2, 7, 32)).unbind(0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = cpu_kernels.group_norm_act(x, 8, weight, bias, 1e-5, gamma, beta, act=True)
+    finally:
+        torch.set_num_threads(before)
+    ref = reference(x, 8, weight, bias, 1e-5, gamma, beta, act=True)
+    assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_group_norm_act_declines_what_it_does_not_handle(kernels):
+    x = features(8, 16, 12)
+    w, b = torch.ones(16), torch.zeros(16)
+    assert cpu_kernels.group_norm_act(x, 8, w, b, 1e-5) is not None
+    declined = [
+        cpu_kernels.group_norm_act(x.contiguous(), 8, w, b, 1e-5),  # (B, C, 1, L) rows
+        cpu_kernels.group_norm_act(x.squeeze(2), 8, w, b, 1e-5),  # 3-D
+        cpu_kernels.group_norm_act(x.bfloat16(), 8, w, b, 1e-5),
+        cpu_kernels.group_norm_act(x, 8, w, b, 1e-5, torch.ones(3, 16), torch.ones(3, 16)),
+        cpu_kernels.group_norm_act(x, 8, w, b, 1e-5, residual=x.contiguous()),
+        cpu_kernels.group_norm_act(x, 5, w, b, 1e-5),  # 16 channels in 5 groups
+        cpu_kernels.group_norm_act(x, 8, w, b, 1e-5, torch.ones(2, 8), torch.ones(2, 8)),
+        cpu_kernels.group_norm_act(x, 8, w, b, 1e-5, torch.ones(2, 16), None),
+        cpu_kernels.group_norm_act(x, 8, w[:8], b[:8], 1e-5),
+    ]
+    assert all(out is None for out in declined)
+
+
+@pytest.mark.parametrize("shape,dim", [((2, 4, 7, 1000), 2), ((3, 5, 300), 1), ((6, 1, 40), 1),
+                                       ((4, 9), 1), ((700,), 0)])  # fmt: skip
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_softmax_matches_torch(kernels, shape, dim, scale):
+    torch.manual_seed(0)
+    x = scale * torch.randn(shape)
+    ref = x.double().softmax(dim)
+    out = cpu_kernels.softmax_(x, dim)
+    assert out is x  # in place
+    assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(out.double().sum(dim), torch.ones(()).double(), atol=1e-5)
+
+
+def test_softmax_declines_what_it_does_not_handle(kernels):
+    x = torch.randn(4, 7, 30)
+    assert cpu_kernels.softmax_(x.transpose(0, 2), 1) is None
+    assert cpu_kernels.softmax_(x.double(), 1) is None
+
+
+def test_disabled_or_no_compiler_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFUSION_KERNEL_CACHE", str(tmp_path))
+    try:
+        monkeypatch.setenv("DIFFUSION_CPU_KERNELS", "0")
+        cpu_kernels.load.cache_clear()
+        assert cpu_kernels.load() is None
+        assert (
+            cpu_kernels.group_norm_act(features(2, 8, 4), 4, torch.ones(8), torch.zeros(8), 1e-5)
+            is None
+        )
+        monkeypatch.delenv("DIFFUSION_CPU_KERNELS")
+        monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+        cpu_kernels.load.cache_clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert cpu_kernels.load() is None
+        assert any("fused CPU kernels unavailable" in str(w.message) for w in caught)
+        assert not list(tmp_path.glob("*.so"))
+    finally:
+        cpu_kernels.load.cache_clear()  # later tests load the kernels again
+
+
+def test_compiled_library_is_cached(kernels, monkeypatch, tmp_path):
+    """The library is built once per cache folder and reused by a later process."""
+    monkeypatch.setenv("DIFFUSION_KERNEL_CACHE", str(tmp_path))
+    try:
+        cpu_kernels.load.cache_clear()
+        assert cpu_kernels.load() is not None
+        (built,) = tmp_path.glob("kernels-*.so")
+        stamp = built.stat().st_mtime_ns
+        cpu_kernels.load.cache_clear()
+        assert cpu_kernels.load() is not None
+        assert built.stat().st_mtime_ns == stamp and len(list(tmp_path.iterdir())) == 1
+    finally:
+        cpu_kernels.load.cache_clear()
