@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from layers import cpu_kernels
 from layers.Diffusion_layers import (
     FiLMLayer,
     GroupNorm,
@@ -286,6 +287,47 @@ def test_cross_attention_matches_textbook_formula(n_vars, length):
     assert torch.allclose(attn(h, kv), ref, atol=1e-5)
     assert torch.allclose(attn(h[::3], kv), ref[::3], atol=1e-5)  # one sample (R = 1)
     assert torch.allclose(attn(h, (kv.k, kv.v)), ref, atol=1e-5)  # textbook path
+
+
+@pytest.mark.parametrize(
+    "channels,heads,n_vars,length", [(16, 2, 5, 10), (32, 4, 7, 37), (64, 4, 7, 24)]
+)
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+def test_cross_attention_on_unet_features_matches_textbook_formula(
+    channels, heads, n_vars, length, path, request, monkeypatch
+):
+    """In inference on channels-last U-Net features the folded attention uses the C kernels
+    (group norm, softmax over the variates) and adds its residual inside the second matmul,
+    or torch operations; both equal the textbook formula, with several samples per window."""
+    request.getfixturevalue("kernels" if path == "kernel" else "no_cpu_kernels")
+    fused_calls = []  # calls the kernel answered (it returns None where it does not apply)
+    real = cpu_kernels.softmax_
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if out is not None:
+            fused_calls.append(out)
+        return out
+
+    monkeypatch.setattr(cpu_kernels, "softmax_", spy)
+    torch.manual_seed(0)
+    attn = VariateCrossAttention(channels=channels, d_model=D_MODEL, n_heads=heads)
+    with torch.no_grad():
+        attn.to_out.bias.normal_()
+        attn.norm.weight.normal_()
+        attn.norm.bias.normal_()
+    z = torch.randn(2, n_vars, D_MODEL)
+    h = 2 + torch.randn(2 * 3, channels, length)  # (B*S, C, L), window-major
+    ref = textbook_attention(attn, h, z.repeat_interleave(3, 0))
+    features = h.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        kv = attn.kv(z)
+        assert kv.keys is not None
+        out = attn(features, kv)
+    assert out.shape == features.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out.squeeze(2), ref, atol=1e-5)
+    assert len(fused_calls) == (path == "kernel")
 
 
 def test_extra_channels_precomputed_equal_concatenated():
