@@ -52,7 +52,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm"))
     p.add_argument("--steps", type=int, default=None, help="default: 10 with --quick, else 50")
     p.add_argument("--table_windows", type=int, default=256, help="windows for table (b)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs of each, interleaved")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of each, interleaved")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--root_path", default="./dataset/ETT-small/")
     p.add_argument("--amp", action="store_true", help="bf16 autocast in predict (as --use_amp)")
@@ -176,7 +176,8 @@ def throughput(model, args, opts, device) -> float:
     print(f"    predict (batched): {work / t_batched:12.1f} trajectory-steps/s ({t_batched:.2f} s)")
     print(f"    looped original:   {work / t_looped:12.1f} trajectory-steps/s ({t_looped:.2f} s)")
     ratios = [tl / tb for tb, tl in zip(times["batched"], times["looped"])]
-    print(f"    ratio of each pair: {' '.join(f'{r:.2f}' for r in ratios)}")
+    print(f"    ratio of each pair: {' '.join(f'{r:.2f}' for r in ratios)}", end="")
+    print(f" (median {float(np.median(ratios)):.2f})")
     return t_looped / t_batched
 
 
