@@ -169,6 +169,13 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 
+def draws_noise(name: str, eta: float = 0.0) -> bool:
+    """Whether a sampler draws fresh noise at its steps (DDPM, DDIM with eta > 0), so that its
+    result depends on the generator's state at every step, not only on ``x_T``."""
+    get_sampler(name)
+    return name == "ddpm" or (name == "ddim" and eta > 0)
+
+
 def get_sampler(name: str) -> Sampler:
     """Look up a sampler by name; raises ValueError listing the choices."""
     if name not in SAMPLERS:

@@ -435,7 +435,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         samples = self.unwrapped_model().sample(
             y_det, z, norm, n_samples=args.n_samples, sampler=args.sampler,
             steps=args.sampling_steps, eta=args.eta, spacing=args.timestep_spacing,
-            generator=generator, sample_chunk=args.sample_chunk,
+            generator=generator, sample_chunk=args.sample_chunk, workers=args.sample_workers,
             autocast_dtype=self._amp_dtype(), center=bool(args.center_samples),
         )  # fmt: skip
         if scaled and self.spread_scale is not None:

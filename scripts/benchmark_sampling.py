@@ -57,6 +57,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--root_path", default="./dataset/ETT-small/")
     p.add_argument("--amp", action="store_true", help="bf16 autocast in predict (as --use_amp)")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
+    p.add_argument("--workers", type=int, default=0,
+                   help="predict's chunk threads, as --sample_workers (0: automatic)")  # fmt: skip
     return p.parse_args()
 
 
@@ -149,8 +151,9 @@ def throughput(model, args, opts, device) -> float:
     gen = torch.Generator(device=device)
     model.predict(x[:2], x_mark[:2], n_samples=2, sampler="ddim", steps=2)  # warm-up
     batched = lambda: model.predict(  # noqa: E731
-        x, x_mark, S, opts.sampler, steps, generator=gen, autocast_dtype=amp_dtype(opts)
-    )
+        x, x_mark, S, opts.sampler, steps, generator=gen, autocast_dtype=amp_dtype(opts),
+        workers=opts.workers,
+    )  # fmt: skip
     looped = lambda: looped_original(model, x, x_mark, S, steps, gen)  # noqa: E731
     compile_note = ""
     if opts.compile:
@@ -167,6 +170,15 @@ def throughput(model, args, opts, device) -> float:
     extras = " + ".join(n for n, on in (("bf16", opts.amp), ("compile", opts.compile)) if on)
     print(f"(a) {S} samples x {B} windows x {steps} {opts.sampler} steps on {device}")
     print(f"    predict options: {extras or 'fp32, eager'}{compile_note}")
+    sizes, workers = model.chunk_plan(S, B, device, opts.sampler, workers=opts.workers)
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    layout = f"{len(sizes)} chunks of {min(sizes)}-{max(sizes)} samples x {B} windows"
+    if workers > 1:
+        layout += f", {workers} at a time, each on its own thread with {threads // workers}"
+        layout += " of torch's threads"
+    elif threads:
+        layout += f", one at a time on {threads} torch threads"
+    print(f"    predict: {layout}")
     print("    the looped original: fp32, eager")
     if device.type == "cpu":  # both use them where they apply
         state = "built" if cpu_kernels.load() else "not available, torch operations instead"

@@ -14,15 +14,17 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
 from models import iTransformerDiffusion
+from models.iTransformerDiffusion import chunk_sizes
 from models.iTransformerDiffusionDirect import Model as DirectModel
 from utils.args import build_parser, check_args
-from utils.tools import CompiledOrEager
+from utils.tools import CompiledOrEager, run_on_threads
 
 L, H, N, B, S, STEPS = 32, 48, 3, 4, 32, 5
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,11 +42,11 @@ def _benchmark_module():
 looped_original = _benchmark_module().looped_original
 
 
-def _model(name: str = "iTransformerDiffusion"):
+def _model(name: str = "iTransformerDiffusion", pred_len: int = H):
     parser = build_parser()
     argv = (
         f"--task_name diffusion_forecast --model {name} --seq_len {L} --label_len 16 "
-        f"--pred_len {H} --d_model 16 --d_ff 16 --n_heads 2 --e_layers 1 --cond_dim 16 "
+        f"--pred_len {pred_len} --d_model 16 --d_ff 16 --n_heads 2 --e_layers 1 --cond_dim 16 "
         "--unet_channels 16,32 --diffusion_steps 100"
     )
     args = parser.parse_args(argv.split())
@@ -65,37 +67,181 @@ def _inputs():
     return x, x_mark
 
 
-def _initial_noise(per_chunk: int, seed: int = 0) -> torch.Tensor:
-    """The noise predict draws with ``per_chunk`` samples per chunk → (S, B, N, H).
-
-    Each chunk draws (n·B, N, H) sample-major rows from the generator, in chunk order."""
-    g = torch.Generator().manual_seed(seed)
-    draws = [
-        torch.randn((min(per_chunk, S - s) * B, N, H), generator=g) for s in range(0, S, per_chunk)
-    ]
-    return torch.cat(draws).view(S, B, N, H)
+@pytest.fixture
+def two_threads():
+    """torch on two CPU threads (the chunks' threads share them), whatever the machine has."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", ["iTransformerDiffusion", "iTransformerDiffusionDirect"])
 @pytest.mark.parametrize("per_chunk", [1, 5, S])
-def test_predict_equals_the_original_loop(name, per_chunk):
-    """Same initial noise → the same samples as the looped original, however predict chunks
-    the S·B trajectories (one sample per chunk, uneven chunks, one chunk of all)."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_predict_equals_the_original_loop(name, per_chunk, workers, two_threads):
+    """The same seed → the same samples as the looped original, however predict chunks the
+    S·B trajectories (one sample per chunk, uneven chunks, one chunk of all) and whether the
+    chunks run one after another or on two threads: both draw sample s's initial noise as
+    the generator's s-th (B, N, H) draw."""
     model = _model(name)
     x, x_mark = _inputs()
     mean, std, samples = model.predict(
         x, x_mark, n_samples=S, sampler="ddim", steps=STEPS,
-        generator=torch.Generator().manual_seed(0), sample_chunk=per_chunk * B,
+        generator=torch.Generator().manual_seed(0), sample_chunk=per_chunk * B, workers=workers,
     )  # fmt: skip
-    reference = looped_original(
-        model, x, x_mark, S, STEPS, generator=None, noise=_initial_noise(per_chunk)
-    )
+    reference = looped_original(model, x, x_mark, S, STEPS, torch.Generator().manual_seed(0))
     assert samples.shape == (S, B, H, N) and samples.dtype == torch.float32
     scale = reference.abs().max().item()
     assert (samples - reference).abs().max().item() < 1e-4 * scale
     assert torch.allclose(mean, reference.mean(0), atol=1e-4 * scale)
     assert torch.allclose(std, reference.std(0, unbiased=False), atol=1e-4 * scale)
     assert std.min() > 0  # the samples differ: the noise was not shared across samples
+
+
+def test_a_samples_noise_does_not_depend_on_the_chunks(two_threads):
+    """Sample s starts from the generator's s-th (B, N, H) draw however the samples are
+    chunked. With 3 windows x 3 variates x 21 steps, 189 values per sample, one draw of
+    several samples would not equal the samples' separate draws (torch draws normals in
+    blocks of 16), so chunking the draws would change the samples."""
+    model = _model(pred_len=21)
+    x, x_mark = _inputs()
+    x, x_mark = x[:3], x_mark[:3]
+
+    def run(per_chunk, workers):
+        g = torch.Generator().manual_seed(0)
+        return model.predict(x, x_mark, 7, steps=4, generator=g, sample_chunk=per_chunk * 3,
+                             workers=workers)[2]  # fmt: skip
+
+    reference = looped_original(model, x, x_mark, 7, 4, torch.Generator().manual_seed(0))
+    scale = reference.abs().max().item()
+    for per_chunk, workers in ((1, 1), (3, 1), (7, 1), (3, 2), (7, 2)):
+        assert (run(per_chunk, workers) - reference).abs().max().item() < 1e-4 * scale
+    g = torch.Generator().manual_seed(0)
+    joint = torch.randn((2 * 189,), generator=g)
+    g = torch.Generator().manual_seed(0)
+    apart = torch.cat([torch.randn((189,), generator=g) for _ in range(2)])
+    assert not torch.allclose(joint, apart)  # the premise: chunked draws would differ
+
+
+def test_chunk_sizes():
+    for n_samples in (1, 2, 7, 32, 100):
+        for per_chunk in (1, 3, 9, 100, 1000):
+            one = chunk_sizes(n_samples, per_chunk)
+            assert sum(one) == n_samples and max(one) == min(per_chunk, n_samples)
+            assert all(n == max(one) for n in one[:-1])  # full chunks, then the rest
+            for threads in (2, 3):
+                many = chunk_sizes(n_samples, per_chunk, threads)
+                assert sum(many) == n_samples and min(many) >= 1
+                assert max(many) <= per_chunk and max(many) - min(many) <= 1
+                # as many chunks as fit, rounded up to keep every thread busy to the end
+                assert len(many) % threads == 0 or len(many) == n_samples
+                assert len(many) >= len(one)
+    assert chunk_sizes(100, 9, 2) == [9] * 4 + [8] * 8
+
+
+def _chunk_spy(model, monkeypatch):
+    """Records, for every chunk predict denoises, its thread and that thread's torch thread
+    count, and the most chunks in flight at once."""
+    seen = {"threads": [], "torch_threads": [], "in_flight": 0, "most": 0}
+    lock = threading.Lock()
+    denoise = model._sample_chunk
+
+    def spy(*args, **kwargs):
+        with lock:
+            seen["in_flight"] += 1
+            seen["most"] = max(seen["most"], seen["in_flight"])
+            seen["threads"].append(threading.get_ident())
+            seen["torch_threads"].append(torch.get_num_threads())
+        try:
+            return denoise(*args, **kwargs)
+        finally:
+            with lock:
+                seen["in_flight"] -= 1
+
+    monkeypatch.setattr(model, "_sample_chunk", spy)
+    return seen
+
+
+def test_chunks_run_on_two_threads_with_one_torch_thread_each(monkeypatch, two_threads):
+    """On a CPU, deterministic samplers denoise two chunks at a time, each on its own thread
+    with one of torch's two threads; afterwards torch has its two threads again, also for
+    threads started later."""
+    model = _model()
+    seen = _chunk_spy(model, monkeypatch)
+    x, x_mark = _inputs()
+    model.predict(x, x_mark, S, steps=STEPS, sample_chunk=5 * B)
+    assert len(seen["threads"]) == 8  # ceil(32 / 5) = 7 chunks, rounded up to a multiple of 2
+    assert threading.get_ident() not in seen["threads"]
+    assert len(set(seen["threads"])) == 2 and seen["most"] == 2
+    assert set(seen["torch_threads"]) == {1}
+    assert torch.get_num_threads() == 2
+    later = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert later == [2]
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.5)])
+def test_samplers_that_draw_noise_at_every_step_run_one_chunk_at_a_time(
+    sampler, eta, monkeypatch, two_threads
+):
+    """Their samples depend on the order in which chunks draw from the generator: the chunks
+    run one after another, on the calling thread, and a seed gives the same samples."""
+    model = _model()
+    seen = _chunk_spy(model, monkeypatch)
+    x, x_mark = _inputs()
+
+    def run():
+        g = torch.Generator().manual_seed(0)
+        return model.predict(
+            x, x_mark, S, sampler, 10, eta, generator=g, sample_chunk=5 * B, workers=2
+        )[2]
+
+    assert torch.equal(run(), run())
+    assert set(seen["threads"]) == {threading.get_ident()} and seen["most"] == 1
+    assert len(seen["threads"]) == 2 * 7  # ceil(32 / 5) chunks per call
+    assert model.sample_workers(torch.device("cpu"), "dpm_solver", eta=0.5) == 2
+
+
+def test_a_failing_chunk_stops_the_threads_and_raises(monkeypatch, two_threads):
+    model = _model()
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("chunk failed")
+
+    monkeypatch.setattr(model, "_sample_chunk", broken)
+    x, x_mark = _inputs()
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        model.predict(x, x_mark, S, steps=STEPS, sample_chunk=B)  # 32 chunks
+    assert len(calls) <= 2  # the two chunks in flight; none starts once one has failed
+    assert torch.get_num_threads() == 2
+
+
+def test_run_on_threads_makes_inputs_in_order_on_the_calling_thread():
+    """The inputs (the chunks' initial noise) come from the calling thread in the items'
+    order, as a plain loop would draw them, with at most ``workers`` of them alive."""
+    made, done, alive = [], [], []
+    lock = threading.Lock()
+
+    def make_input(item):
+        with lock:
+            made.append((item, threading.get_ident()))
+            alive.append(len(made) - len(done))
+        return item * 10
+
+    def job(item, inp):
+        assert inp == item * 10 and torch.is_inference_mode_enabled()
+        with lock:
+            done.append(item)
+
+    run_on_threads(job, range(20), make_input, workers=2)
+    assert [item for item, _ in made] == list(range(20))
+    assert {ident for _, ident in made} == {threading.get_ident()}
+    assert sorted(done) == list(range(20)) and max(alive) <= 2
 
 
 def test_backbone_and_condition_run_once_per_call(monkeypatch):
@@ -122,7 +268,7 @@ def test_backbone_and_condition_run_once_per_call(monkeypatch):
     x, x_mark = _inputs()
     model.predict(x, x_mark, n_samples=S, sampler="ddim", steps=STEPS, sample_chunk=10 * B)
     hook.remove()
-    chunks = -(-S // 10)
+    chunks = len(chunk_sizes(S, 10, model.sample_workers(x.device, "ddim")))
     assert calls == {"backbone": 1, "condition": 1, "denoiser": chunks * STEPS}
 
 

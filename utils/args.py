@@ -301,6 +301,14 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
         help="most trajectories denoised at once (default: sized from free memory)",
     )
     p.add_argument(
+        "--sample_workers",
+        type=int,
+        default=0,
+        help="CPU threads that denoise chunks side by side, each with its share of torch's "
+        "threads (0: 2 where torch has two or more; 1: one chunk at a time). GPUs, --compile "
+        "and samplers that draw noise at every step use one",
+    )
+    p.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the denoiser for sampling (falls back to eager where unsupported)",
@@ -354,6 +362,8 @@ def check_diffusion_args(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error(f"--n_samples must be at least 1, got {args.n_samples}")
     if args.calib_windows < 1:
         parser.error(f"--calib_windows must be at least 1, got {args.calib_windows}")
+    if args.sample_workers < 0:
+        parser.error(f"--sample_workers must be 0 (automatic) or more, got {args.sample_workers}")
     if not 0.0 <= args.loss_lambda <= 1.0:
         parser.error(f"--loss_lambda must be in [0, 1], got {args.loss_lambda}")
     try:

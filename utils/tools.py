@@ -9,7 +9,9 @@ import os
 import random
 import sys
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -137,6 +139,56 @@ class CompiledOrEager:
                 log.warning("torch.compile failed (%s); running eagerly", type(e).__name__)
                 self.compiled = None
         return self.eager(*args, **kwargs)
+
+
+def run_on_threads(
+    job: Callable[[Any, Any], None],
+    items: Iterable,
+    make_input: Callable[[Any], Any],
+    workers: int,
+) -> None:
+    """``job(item, make_input(item))`` for every item, on ``workers`` threads that each use
+    an equal share of torch's CPU threads, in inference mode.
+
+    ``make_input`` runs in the calling thread, in the items' order, and only when a worker is
+    free: at most ``workers`` inputs are alive at once (memory stays that of ``workers``
+    jobs), and inputs drawn from a random generator come out as they would in a plain loop.
+    The first exception a job raises is re-raised here, and no new job starts after it.
+
+    Each job's torch operations run on its own thread with ``threads // workers`` OpenMP
+    threads (an OpenMP setting is per thread). On a small CPU this beats running each
+    operation on all cores: no barrier after every operation, and one job's Python work
+    overlaps the other's arithmetic. torch's thread count is restored afterwards.
+    """
+    total = torch.get_num_threads()
+    each = max(1, total // workers)
+    slots = threading.Semaphore(workers)
+    failed = threading.Event()
+
+    def run(item: Any, inp: Any) -> None:
+        try:
+            torch.set_num_threads(each)  # this thread's OpenMP and MKL setting
+            with torch.inference_mode():
+                job(item, inp)
+        except BaseException:
+            failed.set()  # before the slot is released: no job starts after a failure
+            raise
+        finally:
+            slots.release()
+
+    futures = []
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="sample") as pool:
+            for item in items:
+                slots.acquire()
+                if failed.is_set():
+                    break
+                futures.append(pool.submit(run, item, make_input(item)))
+        for f in futures:
+            f.result()
+    finally:
+        # set_num_threads also sets the count that threads started later begin with
+        torch.set_num_threads(total)
 
 
 def rng_state() -> dict[str, Any]:
