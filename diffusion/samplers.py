@@ -12,8 +12,10 @@ Every sampler has the signature ``sampler(denoise, alpha_bar, x_T, *, steps, ...
   ``schedules.timesteps``; after the last visited timestep every sampler jumps to ᾱ = 1 and
   returns the clean sample, shaped like ``x_T``.
 
-Samplers run under ``torch.no_grad()``. Unused keyword arguments are accepted and ignored so that
-callers may pass one common set of options to any sampler.
+Stochastic steps draw their noise from ``generator``: a ``torch.Generator``, None (torch's
+default one), or a function x -> noise shaped like x. Samplers run under ``torch.no_grad()``.
+Unused keyword arguments are accepted and ignored so that callers may pass one common set of
+options to any sampler.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import Tensor
 from .schedules import timesteps
 
 Denoise = Callable[[Tensor, int], tuple[Tensor, Tensor]]
+Noise = Callable[[Tensor], Tensor]  # x -> standard normal noise shaped like x
 
 
 def _visits(alpha_bar: Tensor, steps: int | None, spacing: str) -> list[tuple[int, float, float]]:
@@ -38,7 +41,11 @@ def _visits(alpha_bar: Tensor, steps: int | None, spacing: str) -> list[tuple[in
     return [(t, ab[t], a_prev) for t, a_prev in zip(ts, prevs)]
 
 
-def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
+def _randn(x: Tensor, generator: torch.Generator | Noise | None) -> Tensor:
+    """Standard normal noise shaped like x, from ``generator``, or ``generator(x)`` where it is
+    a function (the model's per-sample noise streams)."""
+    if callable(generator):
+        return generator(x)
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
@@ -76,7 +83,7 @@ def sample_ddpm(
     x_T: Tensor,
     *,
     steps: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Noise | None = None,
     spacing: str = "linear",
     **_: object,
 ) -> Tensor:
@@ -103,7 +110,7 @@ def sample_ddim(
     steps: int | None = None,
     eta: float = 0.0,
     spacing: str = "linear",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Noise | None = None,
     **_: object,
 ) -> Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12); η = 0 is deterministic, η = 1 is DDPM-like.
@@ -131,7 +138,7 @@ def sample_dpmpp_2m(
     *,
     steps: int | None = None,
     spacing: str = "linear",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Noise | None = None,
     **_: object,
 ) -> Tensor:
     """DPM-Solver++(2M), data prediction (Lu et al. 2022, "DPM-Solver++", Algorithm 2).

@@ -63,6 +63,20 @@ def parse_channels(spec: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     return tuple(spec)
 
 
+def per_sample_noise(seeds: list[int], device: torch.device):
+    """Noise for sample-major rows (n·B, ...) of n samples: sample i's (B, ...) rows come from
+    its own generator, seeded with seeds[i], whatever else shares the chunk."""
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def noise(x: Tensor) -> Tensor:
+        shape = (x.shape[0] // len(generators), *x.shape[1:])
+        draws = [torch.randn(shape, generator=g, device=x.device, dtype=x.dtype)
+                 for g in generators]  # fmt: skip
+        return torch.cat(draws)
+
+    return noise
+
+
 def chunk_sizes(n_samples: int, per_chunk: int, threads: int = 1) -> list[int]:
     """Samples per chunk, at most ``per_chunk`` each: full chunks and the rest; for several
     threads, a multiple of ``threads`` chunks of near-equal size, so that the threads finish
@@ -214,57 +228,61 @@ class Model(nn.Module):
         cond = self.denoiser.encode_condition(z, extra=self._extra(y_det, norm))
         B, H, N = y_det.shape
         device = y_det.device
-        sizes, threads = self.chunk_plan(n_samples, B, device, sampler, eta, sample_chunk, workers)
+        sizes, threads = self.chunk_plan(n_samples, B, device, sample_chunk, workers)
         chunks = [(sum(sizes[:i]), n) for i, n in enumerate(sizes)]  # (first sample, count)
         out = torch.empty((n_samples, B, H, N), device=device)  # (S, B, H, N)
+        per_step_noise = draws_noise(sampler, eta)
 
-        def initial_noise(chunk: tuple[int, int]) -> Tensor:
-            # one (B, N, H) draw per sample, in sample order: a sample's noise does not depend
-            # on how the samples are chunked (one draw of several samples' values is not always
-            # their separate draws), nor on the threads; the looped original draws it so too
-            draws = [torch.randn((B, N, H), generator=generator, device=device)
-                     for _ in range(chunk[1])]  # fmt: skip
-            return torch.cat(draws)  # (n·B, N, H), sample-major
+        def draw(chunk: tuple[int, int]) -> tuple[Tensor, list[int] | None]:
+            """The chunk's initial noise (n·B, N, H), sample-major, and for samplers that draw
+            noise at every step a seed per sample, all from ``generator`` in sample order: a
+            sample's randomness depends on its index only, not on the chunks or the threads
+            (one draw of several samples' values is not always their separate draws); the
+            looped original draws its initial noise the same way."""
+            x_T, seeds = [], []
+            for _ in range(chunk[1]):
+                x_T.append(torch.randn((B, N, H), generator=generator, device=device))
+                if per_step_noise:
+                    seed = torch.randint(1 << 62, (1,), generator=generator, device=device)
+                    seeds.append(seed)
+            return torch.cat(x_T), (torch.cat(seeds).tolist() if per_step_noise else None)
 
-        def denoise_chunk(chunk: tuple[int, int], x_T: Tensor) -> None:
-            start, n = chunk
+        def denoise_chunk(chunk: tuple[int, int], drawn) -> None:
+            (start, n), (x_T, seeds) = chunk, drawn
+            noise = per_sample_noise(seeds, device) if seeds is not None else generator
             x0 = self._sample_chunk(
-                cond, x_T, B, sampler, steps, eta, spacing, generator, autocast_dtype
+                cond, x_T, B, sampler, steps, eta, spacing, noise, autocast_dtype
             )
             out[start : start + n] = self.from_diffusion(x0.view(n, B, N, H), y_det, norm)
 
         if threads > 1 and len(chunks) > 1:
-            run_on_threads(denoise_chunk, chunks, initial_noise, threads)
+            run_on_threads(denoise_chunk, chunks, draw, threads)
         else:
             for chunk in chunks:
-                denoise_chunk(chunk, initial_noise(chunk))
+                denoise_chunk(chunk, draw(chunk))
         if center:  # each window's sample mean becomes the backbone's point forecast
             out += y_det.float() - out.mean(0)
         return out
 
     def chunk_plan(
-        self, n_samples: int, windows: int, device: torch.device, sampler: str = "ddim",
-        eta: float = 0.0, sample_chunk: int | None = None, workers: int | None = None,
+        self, n_samples: int, windows: int, device: torch.device,
+        sample_chunk: int | None = None, workers: int | None = None,
     ) -> tuple[list[int], int]:  # fmt: skip
         """How ``sample`` splits the work: (samples per chunk, threads that run the chunks)."""
-        threads = self.sample_workers(device, sampler, eta, workers)
+        threads = self.sample_workers(device, workers)
         # each thread has a chunk in flight: the automatic size is shared between them
         rows = sample_chunk or max(1, self.auto_sample_chunk(self.pred_len, device) // threads)
         return chunk_sizes(n_samples, max(1, rows // windows), threads), threads
 
-    def sample_workers(
-        self, device: torch.device, sampler: str, eta: float = 0.0, workers: int | None = None
-    ) -> int:
+    def sample_workers(self, device: torch.device, workers: int | None = None) -> int:
         """Threads that denoise chunks side by side: ``workers`` if given (0 or None: 2), at
         most torch's thread count, each thread using its share of torch's threads.
 
-        On a CPU, two chunks on one core each ran 1.2-1.5x faster than one chunk at a time on
-        both cores (2-core CPU, README "Sampling speed"): no barrier after every operation,
+        On a CPU, two chunks on one core each ran up to 1.4x faster than one chunk at a time
+        on both cores (2-core CPU, README "Sampling speed"): no barrier after every operation,
         and one chunk's Python work overlaps the other's arithmetic. One chunk at a time (1)
-        on a GPU, with a compiled denoiser (compiling is not thread-safe), and for samplers
-        that draw noise at every step (DDPM, DDIM with eta > 0), whose samples would then
-        depend on which thread drew first."""
-        if device.type != "cpu" or self._compiled is not None or draws_noise(sampler, eta):
+        on a GPU and with a compiled denoiser (compiling is not thread-safe)."""
+        if device.type != "cpu" or self._compiled is not None:
             return 1
         return max(1, min(workers or 2, torch.get_num_threads()))
 
@@ -292,10 +310,11 @@ class Model(nn.Module):
         self._compiled = CompiledOrEager(self.denoiser)
 
     def _sample_chunk(
-        self, cond, x_T, B, sampler, steps, eta, spacing, generator, autocast_dtype
+        self, cond, x_T, B, sampler, steps, eta, spacing, noise, autocast_dtype
     ) -> Tensor:
         """Denoise the n·B trajectories of x_T (n·B, N, H) at once → x0 (n·B, N, H), rows
-        sample-major (row s·B + b is sample s of window b)."""
+        sample-major (row s·B + b is sample s of window b); ``noise`` feeds stochastic steps
+        (a generator or a function, see ``diffusion.samplers``)."""
         nB, N, H = x_T.shape
         n = nB // B
         device = x_T.device
@@ -320,5 +339,5 @@ class Model(nn.Module):
 
         return get_sampler(sampler)(
             denoise, self.alpha_bar, x_T, steps=steps, eta=eta, spacing=spacing,
-            generator=generator,
+            generator=noise,
         )  # fmt: skip

@@ -170,7 +170,7 @@ def throughput(model, args, opts, device) -> float:
     extras = " + ".join(n for n, on in (("bf16", opts.amp), ("compile", opts.compile)) if on)
     print(f"(a) {S} samples x {B} windows x {steps} {opts.sampler} steps on {device}")
     print(f"    predict options: {extras or 'fp32, eager'}{compile_note}")
-    sizes, workers = model.chunk_plan(S, B, device, opts.sampler, workers=opts.workers)
+    sizes, workers = model.chunk_plan(S, B, device, workers=opts.workers)
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     layout = f"{len(sizes)} chunks of {min(sizes)}-{max(sizes)} samples x {B} windows"
     if workers > 1:

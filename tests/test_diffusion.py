@@ -18,6 +18,7 @@ from diffusion import (
     ddim_update,
     ddpm_posterior,
     diffusion_loss,
+    draws_noise,
     get_sampler,
     log_snr,
     make_alpha_bar,
@@ -414,6 +415,26 @@ def test_generator_reproducibility(name: str, kwargs: dict) -> None:
     c = sampler(denoise, ab, x_T, steps=10, generator=_gen(22), **kwargs)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("ddpm", {}), ("ddim", {"eta": 0.5})])
+def test_a_noise_function_feeds_the_stochastic_steps(name: str, kwargs: dict) -> None:
+    """``generator`` may be a function x -> noise: a generator's own draws, passed through it,
+    give the generator's result, at one draw per step but the last."""
+    ab, denoise, x_T = _toy()
+    sampler = get_sampler(name)
+    g, calls = _gen(21), []
+
+    def noise(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape)
+        return torch.randn(x.shape, generator=g, dtype=x.dtype)
+
+    assert torch.equal(
+        sampler(denoise, ab, x_T, steps=10, generator=noise, **kwargs),
+        sampler(denoise, ab, x_T, steps=10, generator=_gen(21), **kwargs),
+    )
+    assert calls == [x_T.shape] * 9
+    assert draws_noise(name, **kwargs) and not draws_noise("ddim") and not draws_noise("dpm_solver")
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))

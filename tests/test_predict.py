@@ -184,25 +184,40 @@ def test_chunks_run_on_two_threads_with_one_torch_thread_each(monkeypatch, two_t
 
 
 @pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.5)])
-def test_samplers_that_draw_noise_at_every_step_run_one_chunk_at_a_time(
+def test_samplers_that_draw_noise_at_every_step_give_the_same_samples_however_chunked(
     sampler, eta, monkeypatch, two_threads
 ):
-    """Their samples depend on the order in which chunks draw from the generator: the chunks
-    run one after another, on the calling thread, and a seed gives the same samples."""
+    """Each sample's per-step noise comes from its own generator, seeded in sample order, so
+    the samples depend on the seed only: not on the chunks, nor on the threads that run them
+    (which would otherwise draw from one generator in whatever order they reach it)."""
     model = _model()
     seen = _chunk_spy(model, monkeypatch)
     x, x_mark = _inputs()
 
-    def run():
-        g = torch.Generator().manual_seed(0)
-        return model.predict(
-            x, x_mark, S, sampler, 10, eta, generator=g, sample_chunk=5 * B, workers=2
-        )[2]
+    def run(per_chunk, workers, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        return model.predict(x, x_mark, S, sampler, 10, eta, generator=g,
+                             sample_chunk=per_chunk * B, workers=workers)[2]  # fmt: skip
 
-    assert torch.equal(run(), run())
-    assert set(seen["threads"]) == {threading.get_ident()} and seen["most"] == 1
-    assert len(seen["threads"]) == 2 * 7  # ceil(32 / 5) chunks per call
-    assert model.sample_workers(torch.device("cpu"), "dpm_solver", eta=0.5) == 2
+    reference = run(S, 1)
+    scale = reference.abs().max().item()
+    for per_chunk, workers in ((1, 1), (5, 1), (5, 2), (S, 2)):
+        assert (run(per_chunk, workers) - reference).abs().max().item() < 1e-5 * scale
+    assert len(set(seen["threads"])) == 3  # this thread, and two workers for the 2-worker runs
+    other = run(S, 1, seed=1)
+    assert (other - reference).abs().mean() > 0.1 * reference.std(0).mean()
+
+
+def test_per_sample_noise_streams():
+    """Rows of sample i come from a generator seeded with seeds[i], and go on from there."""
+    noise = iTransformerDiffusion.per_sample_noise([7, 8], torch.device("cpu"))
+    x = torch.empty(2 * 3, 4)  # 2 samples x 3 windows, sample-major
+    first, second = noise(x), noise(x)
+    g7, g8 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)
+    expected = [torch.cat([torch.randn(3, 4, generator=g7), torch.randn(3, 4, generator=g8)])
+                for _ in range(2)]  # fmt: skip
+    assert torch.equal(first, expected[0]) and torch.equal(second, expected[1])
+    assert not torch.equal(first[:3], first[3:]) and not torch.equal(first, second)
 
 
 def test_a_failing_chunk_stops_the_threads_and_raises(monkeypatch, two_threads):
@@ -268,7 +283,7 @@ def test_backbone_and_condition_run_once_per_call(monkeypatch):
     x, x_mark = _inputs()
     model.predict(x, x_mark, n_samples=S, sampler="ddim", steps=STEPS, sample_chunk=10 * B)
     hook.remove()
-    chunks = len(chunk_sizes(S, 10, model.sample_workers(x.device, "ddim")))
+    chunks = len(chunk_sizes(S, 10, model.sample_workers(x.device)))
     assert calls == {"backbone": 1, "condition": 1, "denoiser": chunks * STEPS}
 
 
