@@ -2,11 +2,13 @@
 
 Prints, on one model (trained with --checkpoint, else freshly initialised) and the same ETTh1
 test windows:
-  (a) trajectories·steps per second of ``predict`` and of a faithful re-implementation of the
-      original design's sampler (a Python loop over samples, the encoder recomputed at every
-      step), at the same sampler, steps and samples, measured side by side in one run: the
-      two alternate --repeats times and each keeps its fastest run (the machine's load varies
-      from second to second on a shared host; every run is printed);
+  (a) trajectories·steps per second of ``predict`` (as run.py samples: on a CPU two chunks at
+      a time, each on its own thread; --workers 1 for one at a time) and of a faithful
+      re-implementation of the original design's sampler (a Python loop over samples, the
+      encoder recomputed at every step), at the same sampler, steps and samples, measured side
+      by side in one run: the two alternate --repeats times and each keeps its fastest run
+      (the machine's load varies from second to second on a shared host; every run is
+      printed);
   (b) with --checkpoint, CRPS and seconds for DDPM 1000, DDIM 10/20/50/100 and DPM-Solver
       5/10/20 on the same windows from the same initial noise;
   (c) the peak memory of the sampling runs.
