@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # No-grad U-Net passes over 640 rows (4 MiB feature maps), as in one sampling chunk, on one
 # thread (with two, the order in which threads free made glibc's default vary from run to run
 # between refaulting every map and none); prints the page faults of each of ten passes (kept
-# memory still faults a map in the odd early pass while the heap settles, two of four in one CI run).
+# memory still faults a map in the odd early pass while the heap settles: two of four passes in
+# one CI run).
 SCRIPT = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
