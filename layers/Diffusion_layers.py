@@ -307,16 +307,20 @@ class VariateCrossAttention(nn.Module):
         """h (R*B, C, L) or U-Net features (R*B, C, 1, L), kv from `kv(z)` with batch B
         -> like h."""
         k, v = kv[0], kv[1]
-        hn = self.norm.norm_act(h)
-        if h.dim() == 4:
-            hn = hn.squeeze(2)  # (R*B, C, L), possibly channels-last strides
+        features = self.norm.norm_act(h)
+        hn = features.squeeze(2) if h.dim() == 4 else features  # (R*B, C, L)
         RB, C, L = hn.shape
         B, _, N, _ = k.shape
         assert RB % B == 0, f"feature batch {RB} is not a multiple of condition batch {B}"
         R = RB // B
         if isinstance(kv, AttentionKV) and kv.keys is not None and self.n_heads * N <= 2 * L:
-            attn = self._folded_weights(hn, kv.keys, R)  # (B, K, R*L)
             fused = h.dim() == 4 and h.is_contiguous(memory_format=torch.channels_last)
+            if fused and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+                # one C kernel: scores, softmax and the second matmul, tile by tile
+                out = cpu_kernels.cross_attention_add(h, features, kv.keys, kv.values, self.n_heads)
+                if out is not None:
+                    return out
+            attn = self._folded_weights(hn, kv.keys, R)  # (B, K, R*L)
             if fused and attn.dtype == h.dtype == kv.values.dtype == torch.float32:
                 # h + attn^T @ values as one matmul that starts from h: a pass fewer
                 rows = h.permute(0, 2, 3, 1).reshape(B, R * L, C)  # a view of h's memory

@@ -1,6 +1,7 @@
 """The fused C kernels of ``layers.cpu_kernels`` against torch's own functions.
 
-References are computed in float64 with torch (``F.group_norm``, ``F.silu``, ``softmax``);
+References are computed in float64 with torch (``F.group_norm``, ``F.silu``, ``softmax``,
+``bmm``);
 the kernels must match them to float32 accuracy, also far from zero mean, on ranges where the
 kernel's polynomial exp clamps, with several OpenMP threads, and must decline (return None)
 what they do not handle, so that callers fall back to torch operations.
@@ -121,6 +122,95 @@ def test_softmax_declines_what_it_does_not_handle(kernels):
     x = torch.randn(4, 7, 30)
     assert cpu_kernels.softmax_(x.transpose(0, 2), 1) is None
     assert cpu_kernels.softmax_(x.double(), 1) is None
+
+
+def attention_reference(h, hn, keys, values, heads, dtype=torch.float64):
+    """torch (float64 unless told): h + softmax(keys @ hn)^T @ values, a softmax per head over
+    its variates, on window-major U-Net features (R*B, C, 1, L)."""
+    B, K, C = keys.shape
+    L = h.shape[-1]
+    P = h.shape[0] // B * L
+
+    def rows(t):
+        return t.permute(0, 2, 3, 1).reshape(B, P, C).to(dtype)
+
+    scores = torch.bmm(keys.to(dtype), rows(hn).transpose(1, 2))  # (B, K, P)
+    weights = scores.view(B, heads, K // heads, P).softmax(2).view(B, K, P)
+    out = rows(h) + torch.bmm(weights.transpose(1, 2), values.to(dtype))
+    return out.view(-1, L, 1, C).permute(0, 3, 2, 1)  # like h
+
+
+def attention_inputs(samples, windows, channels, length, heads, n_vars, scale=1.0):
+    torch.manual_seed(0)
+    h, hn = (features(samples * windows, channels, length, offset=1.0) for _ in range(2))
+    keys = scale * torch.randn(windows, heads * n_vars, channels) / channels**0.5
+    return h, hn, keys, torch.randn(windows, heads * n_vars, channels)
+
+
+# partial tiles of 16 and 256 positions, key and channel counts that are not multiples of 8
+@pytest.mark.parametrize("samples,windows,channels,length,heads,n_vars",
+                         [(19, 4, 16, 96, 4, 7), (1, 3, 64, 24, 4, 7), (5, 2, 12, 37, 3, 5),
+                          (2, 2, 32, 9, 1, 1), (3, 2, 24, 300, 2, 9),
+                          (2, 2, 512, 16, 8, 7)])  # fmt: skip
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_cross_attention_add_matches_torch(kernels, samples, windows, channels, length, heads,
+                                           n_vars, scale):  # fmt: skip
+    """Float32 accuracy against float64: within 2e-5 on outputs of a few units, or within three
+    times the error of torch's own float32 bmm, softmax and bmm where that is larger (scores of
+    a few hundred, scale 300, where float32 rounding of the scores alone moves the weights by
+    ~1e-5)."""
+    h, hn, keys, values = attention_inputs(samples, windows, channels, length, heads, n_vars,
+                                           scale)  # fmt: skip
+    out = cpu_kernels.cross_attention_add(h, hn, keys, values, heads)
+    ref = attention_reference(h, hn, keys, values, heads)
+    assert out.shape == h.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.isfinite(out).all()
+    err = (out.double() - ref).abs().max()
+    err32 = (attention_reference(h, hn, keys, values, heads, torch.float32) - ref).abs().max()
+    assert err <= max(2e-5, 3 * err32), (err, err32)
+
+
+def test_cross_attention_add_heads_far_apart(kernels):
+    """Head 0's scores all 200 below head 1's: a maximum shared by the heads would underflow
+    head 0's exponentials to zero (0/0); each head's own maximum keeps its weights, which the
+    shift does not change. As accurate as torch's float32 evaluation, against float64."""
+    h, hn, keys, values = attention_inputs(2, 2, 16, 20, 2, 3)
+    hn[:, 0] = 1.0  # a constant channel, so that a key shifted there shifts every score
+    keys[:, :3, 0] -= 200.0
+    out = cpu_kernels.cross_attention_add(h, hn, keys, values, 2).double()
+    ref = attention_reference(h, hn, keys, values, 2)
+    err32 = (attention_reference(h, hn, keys, values, 2, torch.float32) - ref).abs().max()
+    assert torch.isfinite(out).all()
+    assert (out - ref).abs().max() <= max(1e-5, 2 * err32)
+
+
+def test_cross_attention_add_with_several_threads(kernels):
+    h, hn, keys, values = attention_inputs(7, 5, 32, 48, 4, 7)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = cpu_kernels.cross_attention_add(h, hn, keys, values, 4)
+    finally:
+        torch.set_num_threads(before)
+    ref = attention_reference(h, hn, keys, values, 4)
+    assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_cross_attention_add_declines_what_it_does_not_handle(kernels):
+    h, hn, keys, values = attention_inputs(2, 3, 16, 12, 2, 3)
+    assert cpu_kernels.cross_attention_add(h, hn, keys, values, 2) is not None
+    keys4 = torch.randn(4, 6, 16)
+    declined = [
+        cpu_kernels.cross_attention_add(h.contiguous(), hn, keys, values, 2),  # (B, C, 1, L)
+        cpu_kernels.cross_attention_add(h, hn.contiguous(), keys, values, 2),
+        cpu_kernels.cross_attention_add(h.squeeze(2), hn.squeeze(2), keys, values, 2),  # 3-D
+        cpu_kernels.cross_attention_add(h, hn, keys.double(), values.double(), 2),
+        cpu_kernels.cross_attention_add(h.bfloat16(), hn.bfloat16(), keys, values, 2),
+        cpu_kernels.cross_attention_add(h, hn, keys, values, 4),  # 6 keys in 4 heads
+        cpu_kernels.cross_attention_add(h, hn, keys4, keys4, 2),  # 6 rows, 4 windows
+        cpu_kernels.cross_attention_add(h, hn, keys.transpose(1, 2), values, 2),
+    ]
+    assert all(out is None for out in declined)
 
 
 def test_disabled_or_no_compiler_falls_back(monkeypatch, tmp_path):

@@ -292,24 +292,30 @@ def test_cross_attention_matches_textbook_formula(n_vars, length):
 @pytest.mark.parametrize(
     "channels,heads,n_vars,length", [(16, 2, 5, 10), (32, 4, 7, 37), (64, 4, 7, 24)]
 )
-@pytest.mark.parametrize("path", ["kernel", "torch"])
+@pytest.mark.parametrize("path", ["kernel", "softmax kernel", "torch"])
 def test_cross_attention_on_unet_features_matches_textbook_formula(
     channels, heads, n_vars, length, path, request, monkeypatch
 ):
-    """In inference on channels-last U-Net features the folded attention uses the C kernels
-    (group norm, softmax over the variates) and adds its residual inside the second matmul,
-    or torch operations; both equal the textbook formula, with several samples per window."""
-    request.getfixturevalue("kernels" if path == "kernel" else "no_cpu_kernels")
-    fused_calls = []  # calls the kernel answered (it returns None where it does not apply)
-    real = cpu_kernels.softmax_
+    """In inference on channels-last U-Net features the folded attention runs as one C kernel
+    (after the C group norm), or, where that declines, torch's matmuls around the C softmax
+    over the variates with the residual added inside the second matmul, or torch operations
+    alone; all equal the textbook formula, with several samples per window."""
+    request.getfixturevalue("no_cpu_kernels" if path == "torch" else "kernels")
+    fused_calls = []  # calls a kernel answered (it returns None where it does not apply)
 
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        if out is not None:
-            fused_calls.append(out)
-        return out
+    def spy(name, decline=False):
+        real = getattr(cpu_kernels, name)
 
-    monkeypatch.setattr(cpu_kernels, "softmax_", spy)
+        def call(*args, **kwargs):
+            out = None if decline else real(*args, **kwargs)
+            if out is not None:
+                fused_calls.append(name)
+            return out
+
+        monkeypatch.setattr(cpu_kernels, name, call)
+
+    spy("cross_attention_add", decline=path == "softmax kernel")
+    spy("softmax_")
     torch.manual_seed(0)
     attn = VariateCrossAttention(channels=channels, d_model=D_MODEL, n_heads=heads)
     with torch.no_grad():
@@ -327,7 +333,8 @@ def test_cross_attention_on_unet_features_matches_textbook_formula(
     assert out.shape == features.shape
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out.squeeze(2), ref, atol=1e-5)
-    assert len(fused_calls) == (path == "kernel")
+    expected = {"kernel": ["cross_attention_add"], "softmax kernel": ["softmax_"], "torch": []}
+    assert fused_calls == expected[path]
 
 
 def test_extra_channels_precomputed_equal_concatenated():
