@@ -84,6 +84,8 @@ def cli() -> None:
     except (DataError, CheckpointError, FloatingPointError, distributed.LaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    if distributed.left_group():  # a torchrun worker: see distributed.exit_process
+        distributed.exit_process(0)
 
 
 if __name__ == "__main__":

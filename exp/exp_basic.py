@@ -125,7 +125,8 @@ class Exp_Basic:
 
         module = self.unwrapped_model()
         ids = [self.device.index] if self.device.type == "cuda" else None
-        self.model = DDP(module, device_ids=ids, broadcast_buffers=False)
+        # the models hold no buffers; nothing to broadcast before each forward
+        self.model = DDP(module, device_ids=ids, forward_sync_buffers=False)
 
     def load_checkpoint(self, path: str) -> dict[str, Any]:
         """Load weights after checking the checkpoint was built with these arguments."""
