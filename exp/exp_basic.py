@@ -46,6 +46,16 @@ def select_device(args: Namespace) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_supports(amp_dtype: str) -> bool:
+    """Whether oneDNN runs ``amp_dtype`` ("bf16" or "fp16") natively on this CPU
+    (avx512_bf16 or AMX for bf16); True where torch cannot tell."""
+    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}
+    try:
+        return bool(getattr(torch.ops.mkldnn, check[amp_dtype])())
+    except (AttributeError, KeyError, RuntimeError):
+        return True
+
+
 def setting_name(args: Namespace, ii: int) -> str:
     """TSLib-style run name; the folder under --checkpoints, --results and --test_results."""
     return (
@@ -68,6 +78,12 @@ class Exp_Basic:
         self.args = args
         self.device = select_device(args)
         log.info("Use %s", self.device)
+        if args.use_amp and self.device.type == "cpu" and not cpu_supports(args.amp_dtype):
+            log.warning(
+                "--use_amp %s: this CPU has no %s instructions, so oneDNN emulates them and "
+                "mixed precision runs slower than float32; leave --use_amp out here",
+                args.amp_dtype, args.amp_dtype,
+            )  # fmt: skip
         self.model = self._build_model().to(self.device)
         self.is_main = distributed.is_main()
 

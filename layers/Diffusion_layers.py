@@ -19,6 +19,7 @@ init so gradients reach the whole network from the first step.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
 from typing import NamedTuple
@@ -59,19 +60,20 @@ class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm with a fast CPU inference path and the FiLM and SiLU that follow it.
 
     ``norm_act(x, gamma, beta, act, residual)`` is ``silu(norm(x) * (1 + gamma) + beta) +
-    residual`` (FiLM, SiLU and residual optional). On float32 U-Net features in a CPU inference
-    pass it runs the fused C kernel of `layers.cpu_kernels` (two passes over the features)
-    where that is compiled. Otherwise, and for bfloat16 features, it computes the group
-    statistics from per-channel sums and sums of squares, then applies normalisation, affine
-    and FiLM as one per-(row, channel) scale and shift: two cheap reductions and one or two
-    passes over the features. oneDNN's channels-last group norm with a few channels per group
-    took 5-10 times as long as such a pass (1.5 ms against 0.1 ms for 640 x 16 x 96 features).
+    residual`` (FiLM, SiLU and residual optional). On float32 or bfloat16 U-Net features in a
+    CPU inference pass it runs the fused C kernel of `layers.cpu_kernels` (two passes over the
+    features, float32 arithmetic, output in x's dtype) where that is compiled. Otherwise it
+    computes the group statistics from per-channel sums and sums of squares, then applies
+    normalisation, affine and FiLM as one per-(row, channel) scale and shift: two cheap
+    reductions and one or two passes over the features. oneDNN's channels-last group norm
+    with a few channels per group took 5-10 times as long as such a pass (1.5 ms against
+    0.1 ms for 640 x 16 x 96 features).
     Small inputs (a batch of a few dozen windows) keep torch's kernel there, which is faster
     than ~25 small tensor operations.
 
-    Half-precision CPU features are normalised in float32: CUDA autocast already runs
-    group_norm in float32; CPU autocast does not, and oneDNN's bfloat16 kernel for
-    channels-last features is several times slower than the float32 one.
+    Where the kernel does not apply, half-precision CPU features are normalised in float32:
+    CUDA autocast already runs group_norm in float32; CPU autocast does not, and oneDNN's
+    bfloat16 kernel for channels-last features is several times slower than the float32 one.
     """
 
     # below this many elements the fused path's ~25 small tensor ops cost more than they save
@@ -96,7 +98,7 @@ class GroupNorm(nn.GroupNorm):
         gamma and beta may have fewer rows than x: row b serves x's rows b*R .. b*R + R-1
         (window-major, as the U-Net lays out a window's samples)."""
         if self._cpu_inference_features(x):
-            if x.dtype == torch.float32:  # the fused C kernel, where it is compiled
+            if x.dtype in (torch.float32, torch.bfloat16):  # the fused C kernel, if compiled
                 out = cpu_kernels.group_norm_act(
                     x, self.num_groups, self.weight, self.bias, self.eps, gamma, beta, act,
                     residual,
@@ -154,6 +156,13 @@ class GroupNorm(nn.GroupNorm):
         if act:
             out = F.silu(out, inplace=True)
         return out.view(B, 1, L, C).permute(0, 3, 1, 2)  # (B, C, 1, L) channels-last
+
+
+def float32_region(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off where it is on (operations in float32 again), else nothing."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def film(h: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
@@ -216,8 +225,10 @@ class FiLMLayer(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def scale_shift(self, c: Tensor) -> tuple[Tensor, Tensor]:
-        """c (B, cond_dim) -> gamma, beta (B, C) each."""
-        return self.proj(F.silu(c)).chunk(2, dim=1)
+        """c (B, cond_dim) -> gamma, beta (B, C) each, in float32 also under autocast: a few
+        rows per step, where a bfloat16 matmul saves nothing and costs casts and precision."""
+        with float32_region(c.device.type):
+            return self.proj(F.silu(c.float())).chunk(2, dim=1)
 
     def forward(self, h: Tensor, c: Tensor) -> Tensor:
         """h (R*B, C, ...) already normalised, c (B, cond_dim) -> like h (see `film`)."""
@@ -520,7 +531,8 @@ class UNet1D(nn.Module):
             w = self.init_conv.weight[:, : self.n_vars]
             h = F.conv2d(to_features(self._pad(x)), w.unsqueeze(2), padding=(0, 3))
             B = cond.extra_feat.shape[0]
-            h.view(B, -1, *cond.extra_feat.shape[1:]).add_(cond.extra_feat.unsqueeze(1))
+            extra_feat = cond.extra_feat.to(h.dtype)  # bfloat16 under autocast: no mixed add
+            h.view(B, -1, *extra_feat.shape[1:]).add_(extra_feat.unsqueeze(1))
             return h  # (R*B, C0, 1, L) channels-last
         if self.extra_in_channels:
             assert extra is not None and extra.shape[1] == self.extra_in_channels
@@ -561,7 +573,8 @@ class UNet1D(nn.Module):
             cond = self.encode_condition(cond)
         rows, _, H = x.shape
         assert rows == cond.batch_size, f"x has {rows} rows, condition serves {cond.batch_size}"
-        c = self._global_cond(cond, t, rows)  # (B or R*B, cond_dim)
+        with float32_region(x.device.type):  # as the FiLM layers
+            c = self._global_cond(cond, t, rows)  # (B or R*B, cond_dim)
         h = self._first_conv(x, cond, extra)  # (R*B, C0, 1, L) channels-last, L = H padded
         skips = []
         for down in self.downs:

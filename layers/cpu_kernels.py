@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCE = r"""
+PRELUDE = r"""
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -62,34 +62,84 @@ static inline float poly_exp(float x) {
     return p * two_n.f;
 }
 
+/* silu(v) = v * sigmoid(v), vectorisable */
+static inline float silu(float v) { return v / (1.0f + poly_exp(-v)); }
+
+/* bfloat16 <-> float32: the upper half of the float's bits, rounded to nearest even (NaN kept
+   a quiet NaN), as torch converts */
+static inline float bf16_load(unsigned short v) {
+    union { unsigned int i; float f; } u;
+    u.i = (unsigned int)v << 16;
+    return u.f;
+}
+static inline unsigned short bf16_store(float f) {
+    union { float f; unsigned int i; } u;
+    u.f = f;
+    if (f != f) return 0x7fc0;
+    u.i += 0x7fffu + ((u.i >> 16) & 1u);
+    return (unsigned short)(u.i >> 16);
+}
+
+/* n float32 values -> bfloat16, with the CPU's conversion instruction where it has one */
+#if defined(__AVX512BF16__) && defined(__AVX512VL__)
+#include <immintrin.h>
+static void bf16_store_n(void *dst, const float *restrict src, long n) {
+    unsigned short *restrict d = dst;
+    long j = 0;
+    for (; j + 16 <= n; j += 16)
+        _mm256_storeu_si256((__m256i *)(d + j),
+                            (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + j)));
+    for (; j < n; ++j) d[j] = bf16_store(src[j]);
+}
+#else
+static void bf16_store_n(void *dst, const float *restrict src, long n) {
+    unsigned short *restrict d = dst;
+    #pragma omp simd
+    for (long j = 0; j < n; ++j) d[j] = bf16_store(src[j]);
+}
+#endif
+
+#define VL 16
+#define RB 8
+
+"""
+
+# Kernels over U-Net features, instantiated once per feature type (see VARIANTS): FEAT is the
+# C type, LD converts it to float32 (bf16_store_n converts back), SFX ends the exported name,
+# WIDE is 1 for float32 features (read and written in place) and 0 for bfloat16 ones
+# (converted a block at a time), and ACC is the type of the statistics' sums.
+FEATURE_KERNELS = r"""
 /* Group norm of rows x (B, L, C) (channels last) with G groups of C/G channels, affine weight
    and bias (C), then optionally FiLM, SiLU and a residual:
        out = silu?((x - mean) * rstd * weight + bias) * (1 + gamma) + beta) + residual?
    gamma and beta are (B / R, C): row b uses row b / R (window-major samples); NULL for none.
-   residual is (B, L, C) or NULL. out may not alias x. Both passes run over tiles of k
-   positions (k * C >= 64 values, the per-channel constants repeated k times), so that the
-   inner loops stay long when there are few channels. */
-void group_norm_act(const float *restrict x, float *restrict out, long B, long L, long C,
+   residual is (B, L, C) or NULL. out may not alias x. x, residual and out hold FEAT
+   values (float32 or bfloat16) and the arithmetic is float32. The sums for the statistics
+   are float64 for float32 features and float32 for bfloat16 ones, where they are exact: 8-bit
+   significands square to 16 bits, and a tile's lane sums a few hundred values at most. Both
+   passes run over tiles of k positions (k * C >= 64 values, the per-channel constants
+   repeated k times), so that the inner loops stay long when there are few channels. */
+void group_norm_act_SFX(const FEAT *restrict x, FEAT *restrict out, long B, long L, long C,
                     long G, const float *restrict weight, const float *restrict bias,
                     const float *restrict gamma, const float *restrict beta, long R, float eps,
-                    int act, const float *restrict residual) {
+                    int act, const FEAT *restrict residual) {
     const long cg = C / G, k = C >= 64 ? 1 : (64 + C - 1) / C, T = k * C;
     const long tiles = L / k, rest = L - tiles * k;
     #pragma omp parallel for schedule(static)
     for (long b = 0; b < B; ++b) {
-        const float *xb = x + b * L * C;
-        double sum[T], sumsq[T];
+        const FEAT *xb = x + b * L * C;
+        ACC sum[T], sumsq[T];
         float scale[T], shift[T];
         for (long j = 0; j < T; ++j) { sum[j] = 0.0; sumsq[j] = 0.0; }
         for (long i = 0; i < tiles; ++i) {
-            const float *xt = xb + i * T;
+            const FEAT *xt = xb + i * T;
             #pragma omp simd
-            for (long j = 0; j < T; ++j) { double v = xt[j]; sum[j] += v; sumsq[j] += v * v; }
+            for (long j = 0; j < T; ++j) { ACC v = LD(xt[j]); sum[j] += v; sumsq[j] += v * v; }
         }
         for (long l = tiles * k; l < L; ++l) {
-            const float *xr = xb + l * C;
+            const FEAT *xr = xb + l * C;
             #pragma omp simd
-            for (long c = 0; c < C; ++c) { double v = xr[c]; sum[c] += v; sumsq[c] += v * v; }
+            for (long c = 0; c < C; ++c) { ACC v = LD(xr[c]); sum[c] += v; sumsq[c] += v * v; }
         }
         for (long m = 1; m < k; ++m) {
             for (long c = 0; c < C; ++c) { sum[c] += sum[m * C + c]; sumsq[c] += sumsq[m * C + c]; }
@@ -113,80 +163,45 @@ void group_norm_act(const float *restrict x, float *restrict out, long B, long L
             }
         }
         for (long j = C; j < T; ++j) { scale[j] = scale[j - C]; shift[j] = shift[j - C]; }
-        float *ob = out + b * L * C;
-        const float *rb = residual ? residual + b * L * C : NULL;
+        FEAT *ob = out + b * L * C;
+        const FEAT *rb = residual ? residual + b * L * C : NULL;
+        float tile[WIDE ? 1 : T];  /* bfloat16: a tile's float32 results before rounding */
         for (long i = 0; i <= tiles; ++i) {
             const long n = i < tiles ? T : rest * C;  /* the last, partial tile */
-            const float *xt = xb + i * T;
-            float *ot = ob + i * T;
-            if (act) {
+            const FEAT *xt = xb + i * T, *rt = rb ? rb + i * T : NULL;
+            float *restrict ot = WIDE ? (float *)(void *)(ob + i * T) : tile;
+            if (act && rt) {  /* one loop per case */
                 #pragma omp simd
-                for (long j = 0; j < n; ++j) {
-                    const float v = xt[j] * scale[j] + shift[j];
-                    ot[j] = v / (1.0f + poly_exp(-v));
-                }
+                for (long j = 0; j < n; ++j)
+                    ot[j] = silu(LD(xt[j]) * scale[j] + shift[j]) + LD(rt[j]);
+            } else if (act) {
+                #pragma omp simd
+                for (long j = 0; j < n; ++j) ot[j] = silu(LD(xt[j]) * scale[j] + shift[j]);
+            } else if (rt) {
+                #pragma omp simd
+                for (long j = 0; j < n; ++j) ot[j] = LD(xt[j]) * scale[j] + shift[j] + LD(rt[j]);
             } else {
                 #pragma omp simd
-                for (long j = 0; j < n; ++j) ot[j] = xt[j] * scale[j] + shift[j];
+                for (long j = 0; j < n; ++j) ot[j] = LD(xt[j]) * scale[j] + shift[j];
             }
-            if (rb) {
-                const float *rt = rb + i * T;
-                #pragma omp simd
-                for (long j = 0; j < n; ++j) ot[j] += rt[j];
-            }
+            if (!WIDE) bf16_store_n(ob + i * T, tile, n);
         }
     }
 }
 
-/* In-place softmax of x (outer, n, inner) along n, vectorised along inner. */
-void softmax_mid(float *restrict x, long outer, long n, long inner) {
-    const long block = 256;
-    #pragma omp parallel for collapse(2) schedule(static)
-    for (long o = 0; o < outer; ++o) {
-        for (long i0 = 0; i0 < inner; i0 += block) {
-            float *base = x + o * n * inner + i0;
-            const long m = inner - i0 < block ? inner - i0 : block;
-            float peak[block], total[block];
-            #pragma omp simd
-            for (long i = 0; i < m; ++i) { peak[i] = base[i]; total[i] = 0.0f; }
-            for (long k = 1; k < n; ++k) {
-                const float *row = base + k * inner;
-                #pragma omp simd
-                for (long i = 0; i < m; ++i) peak[i] = row[i] > peak[i] ? row[i] : peak[i];
-            }
-            for (long k = 0; k < n; ++k) {
-                float *row = base + k * inner;
-                #pragma omp simd
-                for (long i = 0; i < m; ++i) {
-                    row[i] = poly_exp(row[i] - peak[i]);
-                    total[i] += row[i];
-                }
-            }
-            #pragma omp simd
-            for (long i = 0; i < m; ++i) total[i] = 1.0f / total[i];
-            for (long k = 0; k < n; ++k) {
-                float *row = base + k * inner;
-                #pragma omp simd
-                for (long i = 0; i < m; ++i) row[i] *= total[i];
-            }
-        }
-    }
-}
 /* Cross-attention of positions over a window's variates, with the query and output
    projections folded into keys and values (see VariateCrossAttention), plus the residual:
        out[b, p] = h[b, p] + sum_k a[b, p, k] values[b, k],
        a[b, p, head h] = softmax over the N variates of keys[b, h*N .. h*N+N-1] @ hn[b, p].
-   h, hn, out: (B, P, C), keys, values: (B, K = heads * N, C). Positions go 16 at a time
-   (one vector register per row of a tile), the matrix products as register-blocked
+   h, hn, out: (B, P, C) FEAT values, keys, values: (B, K = heads * N, C) float32. Positions
+   go 16 at a time (one vector register per row of a tile), the matrix products as register-blocked
    multiply-adds over 8 keys or 8 channels at once; the scores never leave the cache. */
-#define VL 16
-#define RB 8
-int cross_attention_add(const float *restrict h, const float *restrict hn,
+int cross_attention_add_SFX(const FEAT *restrict h, const FEAT *restrict hn,
                         const float *restrict keys, const float *restrict values,
-                        float *restrict out, long B, long P, long C, long heads, long N) {
+                        FEAT *restrict out, long B, long P, long C, long heads, long N) {
     const long K = heads * N, TL = 256, tiles = (P + TL - 1) / TL;
     const long Kp = (K + RB - 1) / RB * RB, Cp = (C + RB - 1) / RB * RB;
-    const size_t floats = (size_t)(Kp * C + K * Cp + VL * (C + Kp + Cp));
+    const size_t floats = (size_t)(Kp * C + K * Cp + VL * (C + Kp + Cp) + (WIDE ? 0 : VL * C));
     int failed = 0;
     #pragma omp parallel for collapse(2) schedule(static)
     for (long b = 0; b < B; ++b) {
@@ -201,6 +216,7 @@ int cross_attention_add(const float *restrict h, const float *restrict hn,
             float *kz = buf, *vz = kz + Kp * C;  /* keys, values zero-padded to whole blocks */
             float (*xt)[VL] = (float (*)[VL])(vz + K * Cp);  /* transposed: position last */
             float (*s)[VL] = xt + C, (*ot)[VL] = s + Kp;
+            float *block = (float *)(ot + Cp);  /* VL positions in float32 (bfloat16 only) */
             for (long k = 0; k < Kp; ++k)
                 for (long c = 0; c < C; ++c)
                     kz[k * C + c] = k < K ? keys[(b * K + k) * C + c] : 0.0f;
@@ -210,7 +226,13 @@ int cross_attention_add(const float *restrict h, const float *restrict hn,
             const long end = (t + 1) * TL < P ? (t + 1) * TL : P;
             for (long p0 = t * TL; p0 < end; p0 += VL) {
                 const long m = end - p0 < VL ? end - p0 : VL;
-                const float *x = hn + (b * P + p0) * C;
+                const FEAT *hb = hn + (b * P + p0) * C;
+                const float *x = (const float *)hb;
+                if (!WIDE) {  /* the m positions' m * C contiguous values, converted at once */
+                    #pragma omp simd
+                    for (long j = 0; j < m * C; ++j) block[j] = LD(hb[j]);
+                    x = block;
+                }
                 for (long i = 0; i < VL; ++i)
                     for (long c = 0; c < C; ++c) xt[c][i] = i < m ? x[i * C + c] : 0.0f;
                 for (long k0 = 0; k0 < Kp; k0 += RB) {  /* scores s = keys @ x */
@@ -263,10 +285,18 @@ int cross_attention_add(const float *restrict h, const float *restrict hn,
                         #pragma omp simd
                         for (long i = 0; i < VL; ++i) ot[c0 + j][i] = acc[j][i];
                 }
-                for (long i = 0; i < m; ++i) {
-                    const float *hr = h + (b * P + p0 + i) * C;
-                    float *o = out + (b * P + p0 + i) * C;
-                    for (long c = 0; c < C; ++c) o[c] = hr[c] + ot[c][i];
+                const FEAT *hr = h + (b * P + p0) * C;
+                FEAT *o = out + (b * P + p0) * C;
+                if (WIDE) {
+                    float *of = (float *)(void *)o;
+                    for (long i = 0; i < m; ++i)
+                        for (long c = 0; c < C; ++c) of[i * C + c] = LD(hr[i * C + c]) + ot[c][i];
+                } else {  /* transposed into the block, then the residual and rounding at once */
+                    for (long i = 0; i < m; ++i)
+                        for (long c = 0; c < C; ++c) block[i * C + c] = ot[c][i];
+                    #pragma omp simd
+                    for (long j = 0; j < m * C; ++j) block[j] += LD(hr[j]);
+                    bf16_store_n(o, block, m * C);
                 }
             }
             free(buf);
@@ -276,32 +306,77 @@ int cross_attention_add(const float *restrict h, const float *restrict hn,
 }
 """
 
+SOFTMAX = r"""
+/* In-place softmax of x (outer, n, inner) along n, vectorised along inner. */
+void softmax_mid(float *restrict x, long outer, long n, long inner) {
+    const long block = 256;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (long o = 0; o < outer; ++o) {
+        for (long i0 = 0; i0 < inner; i0 += block) {
+            float *base = x + o * n * inner + i0;
+            const long m = inner - i0 < block ? inner - i0 : block;
+            float peak[block], total[block];
+            #pragma omp simd
+            for (long i = 0; i < m; ++i) { peak[i] = base[i]; total[i] = 0.0f; }
+            for (long k = 1; k < n; ++k) {
+                const float *row = base + k * inner;
+                #pragma omp simd
+                for (long i = 0; i < m; ++i) peak[i] = row[i] > peak[i] ? row[i] : peak[i];
+            }
+            for (long k = 0; k < n; ++k) {
+                float *row = base + k * inner;
+                #pragma omp simd
+                for (long i = 0; i < m; ++i) {
+                    row[i] = poly_exp(row[i] - peak[i]);
+                    total[i] += row[i];
+                }
+            }
+            #pragma omp simd
+            for (long i = 0; i < m; ++i) total[i] = 1.0f / total[i];
+            for (long k = 0; k < n; ++k) {
+                float *row = base + k * inner;
+                #pragma omp simd
+                for (long i = 0; i < m; ++i) row[i] *= total[i];
+            }
+        }
+    }
+}
+"""
+
+# torch dtype -> (exported name suffix, C type, LD, WIDE, ACC)
+VARIANTS = {
+    torch.float32: ("f32", "float", "", 1, "double"),
+    torch.bfloat16: ("bf16", "unsigned short", "bf16_load", 0, "float"),
+}
+
+
+def _instantiate(suffix: str, ctype: str, load: str, wide: int, acc: str) -> str:
+    """FEATURE_KERNELS for one feature type, with macros that end with it."""
+    macros = {"FEAT": ctype, "LD(v)": f"{load}(v)", "WIDE": wide, "ACC": acc}
+    return "\n".join([
+        *(f"#define {name} {value}" for name, value in macros.items()),
+        FEATURE_KERNELS.replace("_SFX", "_" + suffix),
+        *(f"#undef {name.split('(')[0]}" for name in macros), "",
+    ])  # fmt: skip
+
+
+SOURCE = PRELUDE + SOFTMAX + "".join(_instantiate(*v) for v in VARIANTS.values())
+
+
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared",
          "-fPIC"]  # fmt: skip
 LIBS = ["-lm"]
 
 _ptr, _long = ctypes.c_void_p, ctypes.c_long
-_SIGNATURES = {
-    "group_norm_act": [
-        _ptr,
-        _ptr,
-        _long,
-        _long,
-        _long,
-        _long,
-        _ptr,
-        _ptr,
-        _ptr,
-        _ptr,
-        _long,
-        ctypes.c_float,
-        ctypes.c_int,
-        _ptr,
-    ],  # fmt: skip
-    "softmax_mid": [_ptr, _long, _long, _long],
-    "cross_attention_add": [_ptr, _ptr, _ptr, _ptr, _ptr, _long, _long, _long, _long, _long],
-}
-_RETURNS = {"cross_attention_add": ctypes.c_int}  # the others return nothing
+_GROUP_NORM_ARGS = [_ptr, _ptr, _long, _long, _long, _long, _ptr, _ptr, _ptr, _ptr, _long,
+                    ctypes.c_float, ctypes.c_int, _ptr]  # fmt: skip
+_ATTENTION_ARGS = [_ptr, _ptr, _ptr, _ptr, _ptr, _long, _long, _long, _long, _long]
+_SIGNATURES = {"softmax_mid": [_ptr, _long, _long, _long]}
+_RETURNS = {}  # None (void) unless given
+for _suffix, *_ in VARIANTS.values():
+    _SIGNATURES[f"group_norm_act_{_suffix}"] = _GROUP_NORM_ARGS
+    _SIGNATURES[f"cross_attention_add_{_suffix}"] = _ATTENTION_ARGS
+    _RETURNS[f"cross_attention_add_{_suffix}"] = ctypes.c_int
 
 
 def _cpu_id() -> str:
@@ -360,8 +435,11 @@ def load() -> ctypes.CDLL | None:
 
 
 def _rows_ok(t: Tensor | None, like: Tensor) -> bool:
+    """t is None or U-Net features like ``like``: same shape and dtype (one the kernels are
+    built for), on the CPU, channels-last."""
     return t is None or (
-        t.dtype == torch.float32
+        t.dtype == like.dtype
+        and t.dtype in VARIANTS
         and t.device.type == "cpu"
         and t.shape == like.shape
         and t.is_contiguous(memory_format=torch.channels_last)
@@ -379,11 +457,12 @@ def group_norm_act(
     act: bool = False,
     residual: Tensor | None = None,
 ) -> Tensor | None:
-    """U-Net features x (B, C, 1, L), float32 and channels-last ->
+    """U-Net features x (B, C, 1, L), float32 or bfloat16 and channels-last ->
     ``silu?(group_norm(x) * (1 + gamma) + beta) + residual?`` like x, or None where the kernel
     does not apply (not compiled, other dtypes, shapes or layouts). gamma and beta are (W, C)
-    with W dividing B (row b uses row b // (B / W)); residual is like x. No autograd: for
-    inference only."""
+    with W dividing B (row b uses row b // (B / W)); residual is like x (its dtype too). The
+    arithmetic is float32 whatever x's dtype, so a bfloat16 x is rounded once, on output. No
+    autograd: for inference only."""
     if x.dim() != 4 or x.shape[2] != 1 or not _rows_ok(x, x) or not _rows_ok(residual, x):
         return None
     B, C, _, L = x.shape
@@ -404,8 +483,9 @@ def group_norm_act(
         return None
     out = torch.empty_like(x)  # channels-last, as x
     ptr = [t.data_ptr() if t is not None else None for t in (x, out, *params, residual)]
-    lib.group_norm_act(ptr[0], ptr[1], B, L, C, num_groups, ptr[2], ptr[3], ptr[4], ptr[5], R,
-                       eps, int(act), ptr[6])  # fmt: skip
+    kernel = getattr(lib, "group_norm_act_" + VARIANTS[x.dtype][0])
+    kernel(ptr[0], ptr[1], B, L, C, num_groups, ptr[2], ptr[3], ptr[4], ptr[5], R, eps, int(act),
+           ptr[6])  # fmt: skip
     return out
 
 
@@ -428,8 +508,8 @@ def cross_attention_add(
     h: Tensor, hn: Tensor, keys: Tensor, values: Tensor, heads: int
 ) -> Tensor | None:
     """``h + softmax(keys @ hn)^T @ values`` with a softmax per head over its variates, as one
-    kernel: U-Net features h and normalised hn (R*B, C, 1, L), float32 and channels-last,
-    window-major rows; folded keys and values (B, heads*N, C) (see
+    kernel: U-Net features h and normalised hn (R*B, C, 1, L), float32 or bfloat16 (both the
+    same) and channels-last, window-major rows; folded float32 keys and values (B, heads*N, C) (see
     ``VariateCrossAttention``) -> like h, or None where the kernel does not apply. The scores
     (B, heads*N, R*L) are never written out. No autograd: for inference only."""
     if h.dim() != 4 or h.shape[2] != 1 or not _rows_ok(h, h) or not _rows_ok(hn, h):
@@ -452,7 +532,7 @@ def cross_attention_add(
     if lib is None:
         return None
     out = torch.empty_like(h)  # channels-last, as h
-    failed = lib.cross_attention_add(h.data_ptr(), hn.data_ptr(), keys.data_ptr(),
-                                     values.data_ptr(), out.data_ptr(), B, RB // B * L, C, heads,
-                                     K // heads)  # fmt: skip
+    kernel = getattr(lib, "cross_attention_add_" + VARIANTS[h.dtype][0])
+    failed = kernel(h.data_ptr(), hn.data_ptr(), keys.data_ptr(), values.data_ptr(),
+                    out.data_ptr(), B, RB // B * L, C, heads, K // heads)  # fmt: skip
     return None if failed else out  # out of memory for its tiles: torch's operations instead

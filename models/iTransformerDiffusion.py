@@ -330,14 +330,14 @@ class Model(nn.Module):
             # the step as a tensor (a fill, no host-device copy), so that a compiled denoiser
             # has one graph for all steps rather than one per step value
             t_in = torch.full((1,), float(t), device=device)
-            with torch.autocast(
-                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
-            ):
-                out = net(x_in, t_in, cond_n)
-            out = out.float().view(B, n, N, H).transpose(0, 1).reshape(n * B, N, H)
+            out = net(x_in, t_in, cond_n).float()
+            out = out.view(B, n, N, H).transpose(0, 1).reshape(n * B, N, H)
             return to_x0_eps(out, x_t, ab[t], param, clip)
 
-        return get_sampler(sampler)(
-            denoise, self.alpha_bar, x_T, steps=steps, eta=eta, spacing=spacing,
-            generator=noise,
-        )  # fmt: skip
+        # one autocast region for the whole chunk, so that each weight is cast once, not at
+        # every step; the sampler's arithmetic is elementwise, which autocast leaves in float32
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            return get_sampler(sampler)(
+                denoise, self.alpha_bar, x_T, steps=steps, eta=eta, spacing=spacing,
+                generator=noise,
+            )  # fmt: skip

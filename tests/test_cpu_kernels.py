@@ -4,7 +4,10 @@ References are computed in float64 with torch (``F.group_norm``, ``F.silu``, ``s
 ``bmm``);
 the kernels must match them to float32 accuracy, also far from zero mean, on ranges where the
 kernel's polynomial exp clamps, with several OpenMP threads, and must decline (return None)
-what they do not handle, so that callers fall back to torch operations.
+what they do not handle, so that callers fall back to torch operations. On bfloat16 features
+(``--use_amp`` sampling on a CPU) they compute in float32 and round once: the result must be
+torch's own rounding of the float64 reference, but for values that lie within float32 error
+of a rounding boundary.
 """
 
 from __future__ import annotations
@@ -55,6 +58,38 @@ def test_group_norm_act_matches_torch(kernels, channels, groups, length, offset,
     assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
+def assert_rounded_once(out: torch.Tensor, ref: torch.Tensor, atol: float = 1e-5) -> None:
+    """out (bfloat16) is ref (float64) rounded to bfloat16: within half a bfloat16 unit (2^-8
+    relative) plus float32 error (atol), and equal to torch's rounding of ref for all values
+    but those within float32 error of a rounding boundary (truncating instead of rounding
+    would change about half of them)."""
+    assert out.dtype == torch.bfloat16
+    assert torch.isfinite(out.float()).all()
+    err = (out.double() - ref).abs()
+    assert (err <= 2.0**-8 * ref.abs() + atol * (1 + ref.abs())).all(), err.max()
+    same = (out == ref.float().bfloat16()).double().mean().item()
+    assert same > 0.99, same
+
+
+@pytest.mark.parametrize("channels,groups,length", [(16, 8, 96), (64, 8, 24), (24, 8, 5)])
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+@pytest.mark.parametrize("film,act,res", [(False, False, False), (True, True, False),
+                                          (True, True, True)])  # fmt: skip
+def test_group_norm_act_on_bfloat16_features(kernels, channels, groups, length, offset, film, act,
+                                             res):  # fmt: skip
+    """bfloat16 in and out, float32 arithmetic: one rounding of the exact result, also 30
+    standard deviations from zero mean (x * scale + shift then adds terms of about 30, float32
+    error ~3e-6)."""
+    x = features(40, channels, length, offset).bfloat16()
+    weight, bias = torch.randn(channels), torch.randn(channels)
+    gamma, beta = (0.5 * torch.randn(2, 8, channels)).unbind(0) if film else (None, None)
+    residual = features(40, channels, length).bfloat16() if res else None
+    out = cpu_kernels.group_norm_act(x, groups, weight, bias, 1e-5, gamma, beta, act, residual)
+    ref = reference(x, groups, weight, bias, 1e-5, gamma, beta, act, residual)
+    assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert_rounded_once(out, ref)
+
+
 def test_group_norm_act_silu_over_a_wide_range(kernels):
     """Weights of 40 spread the normalised values over about [-190, 160]: the SiLU's exp runs
     through its whole range, clamps included. The kernel must be as accurate as torch's own
@@ -94,7 +129,8 @@ def test_group_norm_act_declines_what_it_does_not_handle(kernels):
     declined = [
         cpu_kernels.group_norm_act(x.contiguous(), 8, w, b, 1e-5),  # (B, C, 1, L) rows
         cpu_kernels.group_norm_act(x.squeeze(2), 8, w, b, 1e-5),  # 3-D
-        cpu_kernels.group_norm_act(x.bfloat16(), 8, w, b, 1e-5),
+        cpu_kernels.group_norm_act(x.half(), 8, w, b, 1e-5),
+        cpu_kernels.group_norm_act(x.bfloat16(), 8, w, b, 1e-5, residual=x),  # mixed dtypes
         cpu_kernels.group_norm_act(x, 8, w, b, 1e-5, torch.ones(3, 16), torch.ones(3, 16)),
         cpu_kernels.group_norm_act(x, 8, w, b, 1e-5, residual=x.contiguous()),
         cpu_kernels.group_norm_act(x, 5, w, b, 1e-5),  # 16 channels in 5 groups
@@ -170,6 +206,20 @@ def test_cross_attention_add_matches_torch(kernels, samples, windows, channels, 
     assert err <= max(2e-5, 3 * err32), (err, err32)
 
 
+@pytest.mark.parametrize(
+    "samples,windows,channels,length,heads,n_vars",
+    [(19, 4, 16, 96, 4, 7), (5, 2, 12, 37, 3, 5), (2, 2, 64, 24, 4, 7)],
+)
+def test_cross_attention_add_on_bfloat16_features(kernels, samples, windows, channels, length,
+                                                  heads, n_vars):  # fmt: skip
+    """bfloat16 features, float32 keys and values: the float64 result rounded once."""
+    h, hn, keys, values = attention_inputs(samples, windows, channels, length, heads, n_vars)
+    h, hn = h.bfloat16(), hn.bfloat16()
+    out = cpu_kernels.cross_attention_add(h, hn, keys, values, heads)
+    assert out.shape == h.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert_rounded_once(out, attention_reference(h, hn, keys, values, heads))
+
+
 def test_cross_attention_add_heads_far_apart(kernels):
     """Head 0's scores all 200 below head 1's: a maximum shared by the heads would underflow
     head 0's exponentials to zero (0/0); each head's own maximum keeps its weights, which the
@@ -205,7 +255,8 @@ def test_cross_attention_add_declines_what_it_does_not_handle(kernels):
         cpu_kernels.cross_attention_add(h, hn.contiguous(), keys, values, 2),
         cpu_kernels.cross_attention_add(h.squeeze(2), hn.squeeze(2), keys, values, 2),  # 3-D
         cpu_kernels.cross_attention_add(h, hn, keys.double(), values.double(), 2),
-        cpu_kernels.cross_attention_add(h.bfloat16(), hn.bfloat16(), keys, values, 2),
+        cpu_kernels.cross_attention_add(h.bfloat16(), hn, keys, values, 2),  # mixed dtypes
+        cpu_kernels.cross_attention_add(h.half(), hn.half(), keys, values, 2),
         cpu_kernels.cross_attention_add(h, hn, keys, values, 4),  # 6 keys in 4 heads
         cpu_kernels.cross_attention_add(h, hn, keys4, keys4, 2),  # 6 rows, 4 windows
         cpu_kernels.cross_attention_add(h, hn, keys.transpose(1, 2), values, 2),

@@ -207,6 +207,56 @@ def test_unet_inference_path_equals_training_path(path, request):
     assert torch.allclose(fast, ref, atol=1e-5)
 
 
+def test_unet_bf16_autocast_keeps_features_in_bf16_through_the_kernels(monkeypatch):
+    """--use_amp sampling on a CPU: under bf16 autocast the convolutions give bfloat16
+    features, and every group norm and attention takes them as they are (the fused kernels'
+    bfloat16 variants, no casts to float32 and back). The output stays as close to the float32
+    forward as torch's own bf16 autocast with the kernels off, which normalises in float32."""
+    if cpu_kernels.load() is None:
+        pytest.skip("no C compiler with OpenMP: the fused CPU kernels are not built")
+    model = make_unet(extra_in_channels=7)
+    perturb_(model)
+    x, _, z = inputs(b=4, h=96)
+    extra = torch.randn(4, 7, 96)
+    answered = []
+
+    def spy(name):
+        real = getattr(cpu_kernels, name)
+
+        def call(x, *args, **kwargs):
+            out = real(x, *args, **kwargs)
+            answered.append((name, x.dtype, None if out is None else out.dtype))
+            return out
+
+        monkeypatch.setattr(cpu_kernels, name, call)
+
+    for name in ("group_norm_act", "cross_attention_add"):
+        spy(name)
+
+    def forward(dtype):
+        cond = model.encode_condition(z, extra=extra).repeat(3)  # 3 samples per window
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            return model(x.repeat_interleave(3, 0), 500, cond).float()
+
+    with torch.no_grad():
+        ref = forward(torch.float32)
+        calls32 = list(answered)
+        answered.clear()
+        fused = forward(torch.bfloat16)
+        calls16 = list(answered)
+        with monkeypatch.context() as m:
+            m.setattr(cpu_kernels, "load", lambda: None)
+            plain = forward(torch.bfloat16)
+    # the same kernels answer as in float32, every group norm included, now in bfloat16
+    norms = sum(isinstance(m, GroupNorm) for m in model.modules())
+    assert [c[0] for c in calls32].count("group_norm_act") == norms
+    assert [c[0] for c in calls16] == [c[0] for c in calls32]
+    assert all(c[1:] == (torch.bfloat16, torch.bfloat16) for c in calls16)
+    err, err_plain = ((out - ref).abs().mean().item() for out in (fused, plain))
+    scale = ref.abs().mean().item()
+    assert 0 < err < 0.02 * scale and err < 2 * err_plain, (err, err_plain, scale)
+
+
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     model = UNet1D(7, D_MODEL, cond_dim=32, channels=SMALL, extra_in_channels=2).train()
