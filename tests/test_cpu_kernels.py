@@ -299,3 +299,32 @@ def test_compiled_library_is_cached(kernels, monkeypatch, tmp_path):
         assert built.stat().st_mtime_ns == stamp and len(list(tmp_path.iterdir())) == 1
     finally:
         cpu_kernels.load.cache_clear()
+
+
+def test_bfloat16_rounding_without_the_cpu_instruction(kernels, monkeypatch, tmp_path):
+    """Where the compiler does not target avx512_bf16, the kernels round with integer
+    arithmetic instead of vcvtneps2bf16: the same round-to-nearest-even, so the same bits."""
+    x = features(40, 24, 37, offset=1.0).bfloat16()
+    residual = features(40, 24, 37).bfloat16()
+    weight, bias = torch.randn(24), torch.randn(24)
+    gamma, beta = (0.5 * torch.randn(2, 8, 24)).unbind(0)
+    h, hn, keys, values = attention_inputs(5, 2, 12, 37, 3, 5)
+    h, hn = h.bfloat16(), hn.bfloat16()
+
+    def run():
+        return (
+            cpu_kernels.group_norm_act(x, 8, weight, bias, 1e-5, gamma, beta, True, residual),
+            cpu_kernels.cross_attention_add(h, hn, keys, values, 3),
+        )
+
+    default = run()
+    monkeypatch.setenv("DIFFUSION_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "FLAGS", [*cpu_kernels.FLAGS, "-mno-avx512bf16"])
+    try:
+        cpu_kernels.load.cache_clear()
+        assert cpu_kernels.load() is not None
+        portable = run()
+    finally:
+        cpu_kernels.load.cache_clear()
+    for a, b in zip(default, portable):
+        assert torch.equal(a, b)
