@@ -71,15 +71,17 @@ def assert_rounded_once(out: torch.Tensor, ref: torch.Tensor, atol: float = 1e-5
     assert same > 0.99, same
 
 
-@pytest.mark.parametrize("channels,groups,length", [(16, 8, 96), (64, 8, 24), (24, 8, 5)])
+@pytest.mark.parametrize(
+    "channels,groups,length", [(16, 8, 96), (64, 8, 24), (24, 8, 5), (512, 8, 12)]
+)
 @pytest.mark.parametrize("offset", [0.0, 100.0])
 @pytest.mark.parametrize("film,act,res", [(False, False, False), (True, True, False),
                                           (True, True, True)])  # fmt: skip
 def test_group_norm_act_on_bfloat16_features(kernels, channels, groups, length, offset, film, act,
                                              res):  # fmt: skip
     """bfloat16 in and out, float32 arithmetic: one rounding of the exact result, also 30
-    standard deviations from zero mean (x * scale + shift then adds terms of about 30, float32
-    error ~3e-6)."""
+    standard deviations from zero mean, where x * scale + shift cancels terms of about 50 and
+    float32 arithmetic alone errs by up to ~2.5e-5 (the float32 kernel as much)."""
     x = features(40, channels, length, offset).bfloat16()
     weight, bias = torch.randn(channels), torch.randn(channels)
     gamma, beta = (0.5 * torch.randn(2, 8, channels)).unbind(0) if film else (None, None)
@@ -87,7 +89,7 @@ def test_group_norm_act_on_bfloat16_features(kernels, channels, groups, length, 
     out = cpu_kernels.group_norm_act(x, groups, weight, bias, 1e-5, gamma, beta, act, residual)
     ref = reference(x, groups, weight, bias, 1e-5, gamma, beta, act, residual)
     assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
-    assert_rounded_once(out, ref)
+    assert_rounded_once(out, ref, atol=5e-5 if offset else 1e-5)
 
 
 def test_group_norm_act_silu_over_a_wide_range(kernels):
@@ -208,7 +210,7 @@ def test_cross_attention_add_matches_torch(kernels, samples, windows, channels, 
 
 @pytest.mark.parametrize(
     "samples,windows,channels,length,heads,n_vars",
-    [(19, 4, 16, 96, 4, 7), (5, 2, 12, 37, 3, 5), (2, 2, 64, 24, 4, 7)],
+    [(19, 4, 16, 96, 4, 7), (5, 2, 12, 37, 3, 5), (2, 2, 64, 24, 4, 7), (2, 2, 512, 16, 8, 7)],
 )
 def test_cross_attention_add_on_bfloat16_features(kernels, samples, windows, channels, length,
                                                   heads, n_vars):  # fmt: skip
