@@ -12,8 +12,13 @@ per head, the second matmul and the residual) in one pass over tiles of position
 scores never leave the cache: 1.4-1.7 against 1.8-3.5 ms for torch's bmm, the softmax above and
 baddbmm at the quick benchmark's sizes (608 rows of 16-64 channels, one thread).
 
+``group_norm_act`` and ``cross_attention_add`` exist for float32 and for bfloat16 features
+(bf16 autocast, ``--use_amp``): one C source instantiated per type (``VARIANTS``); the
+bfloat16 variants compute in float32 and round once on output, so that features stay bf16
+between oneDNN's bf16 convolutions, with no casts.
+
 The source below is compiled with the system C compiler (``$CC``, else ``cc`` or ``gcc``) in
-under a second on first use, into ``$DIFFUSION_KERNEL_CACHE``, else
+a second or two on first use, into ``$DIFFUSION_KERNEL_CACHE``, else
 ``$XDG_CACHE_HOME/itransformer_diffusion`` (default ``~/.cache/itransformer_diffusion``), keyed
 by the source, the flags and the CPU, since ``-march=native`` code may not run on another CPU.
 The kernels run their outer loops on OpenMP threads; torch's pip wheels ship GNU OpenMP, so they
