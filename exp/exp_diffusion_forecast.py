@@ -29,7 +29,7 @@ from data_provider.data_factory import build_dataset
 from exp.exp_basic import Exp_Basic, TrainingLoopMixin
 from models.iTransformerDiffusion import diffusion_normalizer
 from utils import distributed
-from utils.metrics import ProbMetricAccumulator, metric, quantiles_from_sorted
+from utils.metrics import ProbMetricAccumulator, metric, quantiles_from_sorted, sample_std
 from utils.tools import EarlyStopping, progress, release_memory, rng_state, set_rng_state
 
 log = logging.getLogger("tsdiff")
@@ -555,7 +555,7 @@ class Evaluation:
     def _write(self, offset: int, samples: Tensor, sorted_samples: Tensor, true: Tensor) -> None:
         rows = slice(offset, offset + samples.shape[1])
         self.arrays["pred"][rows] = samples.mean(0).numpy()
-        self.arrays["pred_std"][rows] = samples.std(0, unbiased=False).numpy()
+        self.arrays["pred_std"][rows] = sample_std(samples).numpy()
         self.arrays["true"][rows] = true.numpy()
         q = quantiles_from_sorted(sorted_samples, QUANTILES_SAVED)  # (Q, B, H, N)
         self.arrays["quantiles"][:, rows] = q.numpy()

@@ -33,6 +33,7 @@ from diffusion import (
 )
 from layers.Diffusion_layers import UNet1D
 from models import iTransformer
+from utils.metrics import sample_std
 from utils.tools import CompiledOrEager, free_memory_bytes, run_on_threads
 
 # Arguments (beyond the backbone's) that decide this model's shapes or meaning.
@@ -215,7 +216,7 @@ class Model(nn.Module):
             y_det, z, norm, n_samples, sampler, steps, eta, spacing, generator, sample_chunk,
             autocast_dtype, center, workers,
         )  # fmt: skip
-        return samples.mean(0), samples.std(0, unbiased=False), samples
+        return samples.mean(0), sample_std(samples), samples
 
     @torch.inference_mode()
     def sample(

@@ -182,6 +182,20 @@ def test_sample_quantiles_match_torch_quantile():
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sample_std_matches_numpy(dtype):
+    g = torch.Generator().manual_seed(0)
+    # 9 samples of 600 x 700 values: blocks of 2 samples, so several blocks and a last short one
+    x = 1e3 + 2.5 * torch.randn(9, 600, 700, generator=g, dtype=torch.float64)
+    x = x.to(dtype)
+    ref = np.std(x.double().numpy(), axis=0)  # float64, population (ddof 0)
+    got = M.sample_std(x)
+    assert got.dtype == dtype and got.shape == (600, 700)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(got.double().numpy(), ref, rtol=tol)
+    assert torch.equal(M.sample_std(x[:1]), torch.zeros(600, 700, dtype=dtype))  # one sample
+
+
 def test_gaussian_crps_sum_matches_large_ensemble():
     g = torch.Generator().manual_seed(5)
     mu = torch.randn(4, 5, 3, generator=g, dtype=torch.float64) + 2.0

@@ -156,6 +156,25 @@ def sample_quantiles(samples: torch.Tensor, levels=QUANTILE_LEVELS) -> torch.Ten
     return quantiles_from_sorted(_sort(samples), levels)
 
 
+def sample_std(samples: torch.Tensor) -> torch.Tensor:
+    """Population standard deviation over the sample axis (dim 0), in the samples' dtype.
+
+    Two passes, the mean and then the squared deviations, a block of samples at a time (about
+    a million values of deviations in flight). torch's ``std`` over a leading axis took 14-15
+    ms for 100 x 64 x 96 x 7 samples on two threads, in float32 and float64 alike; this takes
+    1.8 ms in float32 and 6 ms in float64, as exact as the dtype allows (two-pass, not sums of
+    squares).
+    """
+    _check_samples(samples)
+    mean = samples.mean(0)
+    total = torch.zeros_like(mean)
+    block = max(1, (1 << 20) // max(1, mean.numel()))
+    for start in range(0, samples.shape[0], block):
+        dev = samples[start : start + block] - mean
+        total += dev.mul_(dev).sum(0)
+    return total.div_(samples.shape[0]).sqrt_()
+
+
 def gaussian_quantiles(mu: torch.Tensor, sigma: torch.Tensor, levels) -> torch.Tensor:
     """Exact quantiles ``mu + sigma * Phi^{-1}(q)`` of N(mu, sigma^2).
 
@@ -457,7 +476,7 @@ class ProbMetricAccumulator:
                 q=quantiles_from_sorted(xs, self._levels),
                 q_sum=quantiles_from_sorted(xsum, self.qlv),
                 y_sum=yc.sum(-1),
-                std=xs.std(0, unbiased=False),
+                std=sample_std(xs),
             )
 
     def update_gaussian(self, mu: torch.Tensor, sigma, y: torch.Tensor) -> None:
