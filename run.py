@@ -17,7 +17,6 @@ from exp import get_exp_class
 from exp.exp_basic import CheckpointError, set_seed, setting_name
 from utils import distributed
 from utils.args import parse_args
-from utils.tools import keep_freed_memory
 
 log = logging.getLogger("tsdiff")
 
@@ -78,7 +77,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 def cli() -> None:
     """Problems a user can fix end the run with one sentence, not a traceback."""
-    keep_freed_memory()  # this process's allocator: see utils.tools
     try:
         main()
     except (DataError, CheckpointError, FloatingPointError, distributed.LaunchError) as e:

@@ -2,15 +2,16 @@
 
 Prints, on one model (trained with --checkpoint, else freshly initialised) and the same ETTh1
 test windows:
-  (a) trajectories·steps per second of ``predict`` (as run.py samples: on a CPU two chunks at
-      a time, each on its own thread; --workers 1 for one at a time) and of a faithful
+  (a) trajectories·steps per second of ``predict`` (all samples x windows as one batch) and of a
+      faithful
       re-implementation of the original design's sampler (a Python loop over samples, the
       encoder recomputed at every step), at the same sampler, steps and samples, measured side
       by side in one run: the two alternate --repeats times and each keeps its fastest run
       (the machine's load varies from second to second on a shared host; every run is
       printed);
-  (b) with --checkpoint, CRPS and seconds for DDPM 1000, DDIM 10/20/50/100 and DPM-Solver
-      5/10/20 on the same windows from the same initial noise;
+  (b) with --checkpoint, CRPS and seconds for DDPM 1000, DDIM 10/20/50/100 and DPM-Solver++
+      5/10/20 (each sampler on its default timestep grid) on the same windows from the same
+      initial noise;
   (c) the peak memory of the sampling runs.
 The last line is ``speedup_vs_looped: <ratio>``.
 
@@ -34,12 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_provider.data_factory import build_dataset, resolve_dimensions  # noqa: E402
 from diffusion import ddim_update, timesteps, to_x0_eps  # noqa: E402
 from exp.exp_basic import read_checkpoint  # noqa: E402
-from layers import cpu_kernels  # noqa: E402
 from models import iTransformerDiffusion  # noqa: E402
 from models.iTransformerDiffusionDirect import Model as DirectModel  # noqa: E402
 from utils.args import build_parser, check_args  # noqa: E402
 from utils.metrics import crps_ensemble  # noqa: E402
-from utils.tools import keep_freed_memory  # noqa: E402
 
 TABLE = [("ddpm", 1000), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100),
          ("dpm_solver", 5), ("dpm_solver", 10), ("dpm_solver", 20)]  # fmt: skip
@@ -59,8 +58,6 @@ def parse() -> argparse.Namespace:
     p.add_argument("--root_path", default="./dataset/ETT-small/")
     p.add_argument("--amp", action="store_true", help="bf16 autocast in predict (as --use_amp)")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
-    p.add_argument("--workers", type=int, default=0,
-                   help="predict's chunk threads, as --sample_workers (0: automatic)")  # fmt: skip
     return p.parse_args()
 
 
@@ -98,24 +95,22 @@ def windows(args, count: int, device):
 
 
 @torch.inference_mode()
-def looped_original(model, x, x_mark, n_samples, steps, generator, noise=None):
+def looped_original(model, x, x_mark, n_samples, steps, generator, spacing="trailing"):
     """The original design's sampler: a Python loop over samples; at every step the backbone
     and the condition are recomputed and the denoiser sees one sample of the batch (DDIM,
-    η = 0). ``noise`` (S, B, N, H) replaces the initial noise drawn from ``generator``."""
+    η = 0, on the ``spacing`` grid)."""
     B, _, N = x.shape
     H = model.pred_len
     ab = model.alpha_bar.tolist()
-    ts = timesteps(len(ab), steps, "linear")
+    ts = timesteps(len(ab), steps, spacing)
     outs = []
-    for s in range(n_samples):
-        if noise is None:
-            sample = torch.randn((B, N, H), generator=generator, device=x.device)
-        else:
-            sample = noise[s]
+    for _ in range(n_samples):
+        sample = torch.randn((B, N, H), generator=generator, device=x.device)
         for i, t in enumerate(ts):
             y_det, z, norm = model.backbone_forward(x, x_mark)  # recomputed every step
+            cond = model.denoiser.encode_condition(z, extra=model._extra(y_det, norm))
             t_batch = torch.full((B,), t, device=x.device)
-            out = model.denoiser(sample, t_batch, z, extra=model._extra(y_det, norm))
+            out = model.denoiser(sample, t_batch, cond)
             x0_hat, eps_hat = to_x0_eps(out, sample, ab[t], model.parameterization, model.clip_x0)
             a_prev = ab[ts[i + 1]] if i + 1 < len(ts) else 1.0
             sample, _ = ddim_update(x0_hat, eps_hat, ab[t], a_prev, 0.0)
@@ -153,8 +148,8 @@ def throughput(model, args, opts, device) -> float:
     gen = torch.Generator(device=device)
     model.predict(x[:2], x_mark[:2], n_samples=2, sampler="ddim", steps=2)  # warm-up
     batched = lambda: model.predict(  # noqa: E731
-        x, x_mark, S, opts.sampler, steps, generator=gen, autocast_dtype=amp_dtype(opts),
-        workers=opts.workers,
+        x, x_mark, S, opts.sampler, steps, spacing="trailing", generator=gen,
+        autocast_dtype=amp_dtype(opts),
     )  # fmt: skip
     looped = lambda: looped_original(model, x, x_mark, S, steps, gen)  # noqa: E731
     compile_note = ""
@@ -172,19 +167,10 @@ def throughput(model, args, opts, device) -> float:
     extras = " + ".join(n for n, on in (("bf16", opts.amp), ("compile", opts.compile)) if on)
     print(f"(a) {S} samples x {B} windows x {steps} {opts.sampler} steps on {device}")
     print(f"    predict options: {extras or 'fp32, eager'}{compile_note}")
-    sizes, workers = model.chunk_plan(S, B, device, workers=opts.workers)
     threads = torch.get_num_threads() if device.type == "cpu" else 0
-    layout = f"{len(sizes)} chunks of {min(sizes)}-{max(sizes)} samples x {B} windows"
-    if workers > 1:
-        layout += f", {workers} at a time, each on its own thread with {threads // workers}"
-        layout += " of torch's threads"
-    elif threads:
-        layout += f", one at a time on {threads} torch threads"
-    print(f"    predict: {layout}")
+    where = f" on {threads} torch threads" if threads else ""
+    print(f"    predict: one chunk of {S} samples x {B} windows{where}")
     print("    the looped original: fp32, eager")
-    if device.type == "cpu":  # both use them where they apply
-        state = "built" if cpu_kernels.load() else "not available, torch operations instead"
-        print(f"    fused CPU kernels (layers/cpu_kernels.py): {state}")
     print(f"    best of {opts.repeats} interleaved runs each (all runs, s: ", end="")
     print("; ".join(f"{n} " + " ".join(f"{t:.2f}" for t in ts) for n, ts in times.items()) + ")")
     print(f"    predict (batched): {work / t_batched:12.1f} trajectory-steps/s ({t_batched:.2f} s)")
@@ -222,8 +208,6 @@ def crps_table(model, args, opts, device) -> None:
 
 def main() -> None:
     opts = parse()
-    if not keep_freed_memory():  # as run.py does
-        print("note: glibc's malloc padding is unavailable here")
     device = torch.device(opts.device)
     args = model_args(opts)
     resolve_dimensions(args)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from layers import cpu_kernels
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ETT_DIR = REPO_ROOT / "dataset" / "ETT-small"
@@ -98,35 +95,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _kernel_cache_in_tmp(tmp_path_factory):
-    """The fused CPU kernels compile into a temporary folder (subprocesses inherit it)."""
-    before = os.environ.get("DIFFUSION_KERNEL_CACHE")
-    os.environ["DIFFUSION_KERNEL_CACHE"] = str(tmp_path_factory.mktemp("kernel_cache"))
-    cpu_kernels.load.cache_clear()
-    yield
-    if before is None:
-        os.environ.pop("DIFFUSION_KERNEL_CACHE", None)
-    else:
-        os.environ["DIFFUSION_KERNEL_CACHE"] = before
-    cpu_kernels.load.cache_clear()
-
-
-@pytest.fixture
-def no_cpu_kernels(monkeypatch):
-    """Run the torch operations that stand in for the fused CPU kernels."""
-    monkeypatch.setattr(cpu_kernels, "load", lambda: None)
-
-
-@pytest.fixture
-def kernels():
-    """The compiled fused CPU kernels; the test is skipped where no C compiler can build them."""
-    lib = cpu_kernels.load()
-    if lib is None:
-        pytest.skip("no C compiler with OpenMP: the fused CPU kernels are not built")
-    return lib
 
 
 @pytest.fixture(scope="session")

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
 import random
 import sys
 import tempfile
-import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -141,56 +138,6 @@ class CompiledOrEager:
         return self.eager(*args, **kwargs)
 
 
-def run_on_threads(
-    job: Callable[[Any, Any], None],
-    items: Iterable,
-    make_input: Callable[[Any], Any],
-    workers: int,
-) -> None:
-    """``job(item, make_input(item))`` for every item, on ``workers`` threads that each use
-    an equal share of torch's CPU threads, in inference mode.
-
-    ``make_input`` runs in the calling thread, in the items' order, and only when a worker is
-    free: at most ``workers`` inputs are alive at once (memory stays that of ``workers``
-    jobs), and inputs drawn from a random generator come out as they would in a plain loop.
-    The first exception a job raises is re-raised here, and no new job starts after it.
-
-    Each job's torch operations run on its own thread with ``threads // workers`` OpenMP
-    threads (an OpenMP setting is per thread). On a small CPU this beats running each
-    operation on all cores: no barrier after every operation, and one job's Python work
-    overlaps the other's arithmetic. torch's thread count is restored afterwards.
-    """
-    total = torch.get_num_threads()
-    each = max(1, total // workers)
-    slots = threading.Semaphore(workers)
-    failed = threading.Event()
-
-    def run(item: Any, inp: Any) -> None:
-        try:
-            torch.set_num_threads(each)  # this thread's OpenMP and MKL setting
-            with torch.inference_mode():
-                job(item, inp)
-        except BaseException:
-            failed.set()  # before the slot is released: no job starts after a failure
-            raise
-        finally:
-            slots.release()
-
-    futures = []
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="sample") as pool:
-            for item in items:
-                slots.acquire()
-                if failed.is_set():
-                    break
-                futures.append(pool.submit(run, item, make_input(item)))
-        for f in futures:
-            f.result()
-    finally:
-        # set_num_threads also sets the count that threads started later begin with
-        torch.set_num_threads(total)
-
-
 def rng_state() -> dict[str, Any]:
     """Every random generator's state, in types that ``torch.load(weights_only=True)`` reads."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
@@ -211,48 +158,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
-
-
-def _libc():
-    """glibc through ctypes, or False where there is none (macOS, Windows, musl)."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-            _LIBC.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        except (OSError, AttributeError):
-            _LIBC = False
-    return _LIBC
-
-
-def release_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc keeps it otherwise, and the resident size
-    of a long CPU evaluation creeps up by the temporaries of every batch). No-op elsewhere."""
-    if _libc():
-        _LIBC.malloc_trim(0)
-
-
-# glibc's mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc reuse freed heap memory instead of returning it to the OS at once.
-
-    Sampling allocates and frees feature maps of several MiB at every layer. With glibc's
-    defaults such memory was handed back to the OS (trimmed or unmapped) and faulted in again
-    by the next layer: 170,000 page faults per quick-benchmark ``predict`` call, a third of its
-    time. Blocks up to 32 MiB now come from the heap, and up to 256 MiB of free heap is kept:
-    ~5,000 faults. ``release_memory`` still trims between evaluation batches. The same as the
-    environment variables MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ and MALLOC_TOP_PAD_.
-    Returns whether it took effect (glibc only).
-    """
-    libc = _libc()
-    if not libc:
-        return False
-    settings = ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 256 << 20), (M_TOP_PAD, 64 << 20))
-    return all(libc.mallopt(param, value) == 1 for param, value in settings)
-
-
-_LIBC = None
