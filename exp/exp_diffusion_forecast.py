@@ -5,37 +5,50 @@ freezes the embedding and encoder and trains the head (small lr) and the denoise
 λ·MSE + (1−λ)·diffusion loss; its checkpoint is chosen on the validation *diffusion* loss
 (fixed seed, so epochs are comparable), never on point MSE. Testing draws ``--n_samples``
 trajectories per window with any sampler and scores the whole test set with proper scores,
-next to two baselines built from the stage-1 backbone: iTransformer as a point mass, and
-iTransformer + Gaussian noise with σ per (horizon step, variate) from validation residuals.
+next to baselines built from the stage-1 backbone and fitted on validation data only
+(``exp/baselines.py``). The concepts live in their own modules: scoring in ``exp/evaluation.py``,
+spread calibration in ``exp/calibration.py``, the future forecast's table in ``exp/forecast.py``.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import time
 from contextlib import contextmanager
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from data_provider.data_factory import build_dataset
-from exp.exp_basic import Exp_Basic, TrainingLoopMixin
+from exp import baselines
+from exp.calibration import (
+    SCALES,
+    UNIT,
+    apply_spread,
+    best_scale,
+    calibration_key,
+    crps_by_spread_scale,
+)
+from exp.evaluation import Evaluation, format_table
+from exp.exp_basic import Exp_Basic, TrainingLoopMixin, read_checkpoint
+from exp.forecast import forecast_table, plot_forecast
 from models.iTransformerDiffusion import diffusion_normalizer
 from utils import distributed
-from utils.metrics import ProbMetricAccumulator, metric, quantiles_from_sorted, sample_std
-from utils.tools import EarlyStopping, progress, release_memory, rng_state, set_rng_state
+from utils.tools import (
+    EarlyStopping,
+    atomic_save,
+    free_memory_bytes,
+    progress,
+    rng_state,
+    set_rng_state,
+)
 
 log = logging.getLogger("tsdiff")
 
-QUANTILES_SAVED = (0.05, 0.25, 0.5, 0.75, 0.95)
-BASELINES = ("itransformer", "itransformer_gaussian")
 LAST = "checkpoint_last.pth"  # the training state after the last finished epoch (--resume)
 
 
@@ -48,8 +61,9 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             self.unwrapped_model().compile_denoiser()
         self.ema: AveragedModel | None = None
         self.stage1_head: nn.Linear = copy.deepcopy(self.unwrapped_model().backbone.projection)
-        self.baseline_sigma: Tensor | None = None  # (H, N) validation RMSE of the backbone
-        self.spread_scale: Tensor | None = None  # (N',) from calibrate_spread() before testing
+        self.baseline_fit: dict[str, Tensor] | None = None  # see exp/baselines.py
+        self.calibration: dict[str, list[float]] = {}  # spread factors per sampling setting
+        self.spread_scale: Tensor | None = None  # (N',) the factors of the current setting
 
     # ---- one batch, shared by training and validation ------------------------------------
     def _batch_loss(self, batch, stage: str):
@@ -68,7 +82,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             if self.args.stage1_epochs > 0:
                 self._stage1(setting, train_loader, vali_loader, resume)
             self.stage1_head = copy.deepcopy(model.backbone.projection)
-            self.baseline_sigma = self._validation_rmse(vali_loader)
+            self.baseline_fit = self._fit_baselines(vali_loader)
             resume = None
         if self.args.stage2_epochs > 0:
             self._stage2(setting, train_loader, vali_loader, resume)
@@ -103,21 +117,14 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
 
     def _stage2(self, setting, train_loader, vali_loader, resume) -> None:
         model = self.unwrapped_model()
-        encoder = (model.backbone.enc_embedding, model.backbone.encoder)
-        for module in encoder:
-            module.requires_grad_(bool(self.args.finetune_encoder))
+        for module in (model.backbone.enc_embedding, model.backbone.encoder):
+            module.requires_grad_(False)  # the baselines share this encoder's z
         model.denoiser.requires_grad_(True)
-        if self.args.variate_weights == "val_mse":  # harder variates weigh more, mean 1
-            per_variate = (self.baseline_sigma.float() ** 2).mean(0)  # (N,) validation MSE
-            model.variate_weight = (per_variate / per_variate.mean()).to(self.device)
         self.wrap_ddp()
         groups = [
             {"params": model.backbone.projection.parameters(), "lr": self.args.projection_lr},
             {"params": model.denoiser.parameters(), "lr": self.args.stage2_lr},
         ]
-        if self.args.finetune_encoder:
-            params = [p for module in encoder for p in module.parameters()]
-            groups.append({"params": params, "lr": self.args.projection_lr})
         optimizer = torch.optim.AdamW(groups, weight_decay=self.args.weight_decay)
         if self.args.ema_decay > 0:
             self.ema = AveragedModel(
@@ -179,7 +186,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             training={**states, "ema": self.ema.state_dict() if self.ema else None},
             rng=rng_state(),
             stage1_head=self.stage1_head.state_dict(),
-            baseline_sigma=self.baseline_sigma,
+            baseline_fit=self.baseline_fit,
         )
 
     def _restore(self, resume: dict, parts: dict) -> None:
@@ -232,16 +239,17 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         return total / max(count, 1)
 
     @torch.no_grad()
-    def _validation_rmse(self, loader) -> Tensor:
-        """σ (H, N) of the Gaussian baseline: RMSE of the backbone on validation windows."""
+    def _fit_baselines(self, loader) -> dict[str, Tensor]:
+        """The baselines' parameters from the stage-1 backbone's validation residuals."""
         self.model.eval()
-        sq, count = 0.0, 0
+        model = self.unwrapped_model()
+        residuals, scales = [], []
         for batch in loader:
             x, y, x_mark, _ = self._to_device(batch)
-            y_det, _, _ = self.unwrapped_model().backbone_forward(x, x_mark)
-            sq = sq + ((y_det.float() - y[:, -self.args.pred_len :]) ** 2).sum(0)
-            count += len(x)
-        return (sq / count).sqrt().cpu()
+            y_det, _, norm = model.backbone_forward(x, x_mark)
+            residuals.append((y[:, -self.args.pred_len :] - y_det.float()).cpu())
+            scales.append(norm.stdev.float().cpu())
+        return baselines.fit(torch.cat(residuals), torch.cat(scales))
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _save(self, path: str, **meta) -> None:
@@ -249,7 +257,8 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             self.save_checkpoint(
                 path,
                 stage1_head=self.stage1_head.state_dict(),
-                baseline_sigma=self.baseline_sigma,
+                baseline_fit=self.baseline_fit,
+                calibration=self.calibration,
                 **meta,
             )
 
@@ -257,203 +266,169 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         state = super().load_checkpoint(path)
         if state.get("stage1_head") is not None:
             self.stage1_head.load_state_dict(state["stage1_head"])
-        self.baseline_sigma = state.get("baseline_sigma")
+        self.baseline_fit = state.get("baseline_fit")
+        self.calibration = dict(state.get("calibration") or {})
         return state
 
-    # ---- testing -----------------------------------------------------------------------------
-    def test(self, setting: str, test: int = 0):
-        test_data, test_loader = self._get_data(self.args.eval_split)
-        if test:
-            self.load_checkpoint(self.checkpoint_path(setting))
-        if self.baseline_sigma is None:
-            raise RuntimeError("the checkpoint has no baseline σ; train stage 1 first")
-        self.calibrate_spread()
-        evaluation = Evaluation(self, test_data, len(test_data), self.results_dir(setting))
-        rank, world = distributed.rank(), distributed.world_size()
-        for index, batch in enumerate(progress(test_loader, desc="sampling")):
-            if index % world == rank:  # DDP: each rank its own batches, every batch once
-                evaluation.add_batch(index, *self._forecast_batch(batch, index))
-        metrics = evaluation.finish()
-        if self.is_main:
-            self._write_log(setting, metrics)
-            self._plot_test(setting, test_data, metrics)
-        return metrics
-
-    def _plot_test(self, setting: str, test_data, metrics: dict) -> None:
-        """Fan charts, reliability diagram, CRPS per step and per variate → --test_results."""
-        from utils.plots import plot_run
-
-        f = -1 if self.args.features == "MS" else 0
-        windows = np.lib.stride_tricks.sliding_window_view(
-            test_data.data_x[:, f:], self.args.seq_len, axis=0
-        )  # (rows - L + 1, N', L), a view: nothing is copied
-        history = windows[: len(test_data)].transpose(0, 2, 1)  # (W, L, N')
-        names = test_data.columns[f:] if f else test_data.columns
-        folder = os.path.join(self.args.test_results, setting)
-        paths = plot_run(self.results_dir(setting), folder, metrics, names, history)
-        log.info("Figures: %s", ", ".join(paths))
+    # ---- sampling, shared by calibration, evaluation and the future forecast --------------------
+    def sample_chunk(self) -> int:
+        """Most trajectories denoised at once: --sample_chunk, or what fits a share of the free
+        memory (per trajectory, about twelve state-sized tensors and eight feature maps per
+        U-Net level in float32). On a CPU chunks of ~128 MiB of activations run fastest."""
+        if self.args.sample_chunk:
+            return self.args.sample_chunk
+        unet = self.unwrapped_model().denoiser
+        H = self.args.pred_len
+        L = H + (-H % unet.multiple)
+        floats = 12 * (unet.n_vars + unet.extra_in_channels) * L
+        floats += sum(8 * c * max(1, L >> level) for level, c in enumerate(unet.channels))
+        budget = free_memory_bytes(self.device) // (2 if self.device.type == "cuda" else 4)
+        if self.device.type != "cuda":
+            budget = min(budget, 1 << 27)
+        return max(1, int(budget // (4 * floats)))
 
     @torch.no_grad()
-    def predict_future(self, setting: str) -> str | None:
-        """Forecast the ``pred_len`` steps after the CSV's last row → ``forecast.csv``.
+    def _forecast_batch(self, batch, index: int, with_baselines: bool = True):
+        """→ (ensembles {method: (S, B, H, N')}, truth (B, H, N'), seconds of sampling).
 
-        One row per (date, variate) in original units: mean, median and the 5/25/75/95%
-        quantiles, from ``--n_samples`` samples of the trained model; plus a fan chart.
+        The model's ensemble is spread-calibrated when factors are set. The noise of batch
+        ``index`` comes from its own seeded generator, so a batch gets the same samples
+        whatever ran before it (re-evaluation, sharding over ranks).
         """
-        if not self.is_main:
-            return None
         args = self.args
-        data = build_dataset(args, "test")
-        x, x_mark, dates = data.future_input()
-        x = torch.from_numpy(x)[None].to(self.device)  # (1, L, N)
-        x_mark = torch.from_numpy(x_mark)[None].to(self.device)  # (1, L, M)
         model = self.unwrapped_model().eval()
-        self.calibrate_spread()
-        generator = torch.Generator(device=self.device).manual_seed(args.seed)
-        with torch.no_grad():
-            y_det, z, norm = model.backbone_forward(x, x_mark)
-            samples = self._sample(y_det, z, norm, generator)  # (S, 1, H, N)
-        f = -1 if args.features == "MS" else 0
-        samples = data.inverse_transform(samples[:, 0, :, f:].double().cpu().numpy())  # (S, H, N')
-        names = data.columns[f:] if f else data.columns
-        table = forecast_table(samples, dates, names)
-        folder = self.results_dir(setting)
-        path = os.path.join(folder, "forecast.csv")
-        table.to_csv(path, index=False)
-        history = data.inverse_transform(data.full_data[-args.seq_len :, f:])
-        self._plot_future(setting, history, data.all_dates[-args.seq_len :], table, names)
-        log.info("Forecast for %s … %s written to %s", dates[0], dates[-1], path)
-        return path
-
-    def _plot_future(self, setting, history, history_dates, table, names) -> None:
-        from utils.plots import fan_chart
-
-        folder = os.path.join(self.args.test_results, setting)
-        os.makedirs(folder, exist_ok=True)
-        for i, name in enumerate(names[-3:]):  # the target is last for custom data
-            rows = table[table["variate"] == name]
-            quantiles = {
-                q: rows["median" if q == 0.5 else f"q{round(q * 100):02d}"].to_numpy()
-                for q in QUANTILES_SAVED
-            }
-            fan_chart(
-                os.path.join(folder, f"forecast_{i}_{_safe(name)}.png"),
-                history[:, len(names) - len(names[-3:]) + i],
-                None,
-                quantiles,
-                title=f"{name}: forecast of the next {len(rows)} steps (median, 50% and 90% bands)",
-                x_history=history_dates,
-                x_future=pd.DatetimeIndex(rows["date"]),
-                ylabel=f"{name} (original units)",
-            )
-
-    # ---- spread calibration --------------------------------------------------------------------
-    # 0.135 … 7.39 2.5% apart, then on to 54.6 10% apart (collapsed ensembles need it)
-    SCALES = np.exp(np.concatenate([np.arange(-80, 81) * 0.025, 2 + np.arange(1, 21) * 0.1]))
-    UNIT = 80  # SCALES[UNIT] == 1
-
-    @torch.no_grad()
-    def calibrate_spread(self) -> Tensor | None:
-        """Fit the spread of the samples around their mean on validation data.
-
-        Up to --calib_windows validation windows (evenly spaced over the split) are sampled
-        exactly as the test windows will be (same sampler, steps and samples). For each scale
-        s in SCALES the ensemble CRPS of mean + s·(sample − mean) is computed in closed form,
-        and the minimiser is kept: one s for all variates (``global``) or one per variate
-        (``variate``, the default: the denoiser is too narrow on some variates and too wide on
-        others). The mean, and so the MSE, does not change. This is the diffusion model's
-        counterpart of the Gaussian baseline's σ per (step, variate), which also comes from
-        validation residuals. The ensemble CRPS is convex in s, so a grid suffices.
-        """
-        self.spread_scale = None
-        args = self.args
-        if args.calibrate_spread == "none":
-            return None
-        data = build_dataset(args, "val")
-        count = min(args.calib_windows, len(data))
-        picks = np.unique(np.linspace(0, len(data) - 1, count).round().astype(int))
-        subset = torch.utils.data.Subset(data, picks.tolist())
-        loader = torch.utils.data.DataLoader(subset, batch_size=args.batch_size, shuffle=False)
-        total = 0.0  # (len(SCALES), N') CRPS sums
-        for index, batch in enumerate(progress(loader, desc="calibrating spread")):
-            samples, _, true, _ = self._forecast_batch(batch, -1 - index, scaled=False)
-            total = total + crps_by_spread_scale(
-                samples.float().cpu(), true.float().cpu(), self.SCALES
-            )
-        choice = (
-            total.sum(1, keepdim=True).expand_as(total)
-            if args.calibrate_spread == "global"
-            else total
-        )
-        best = choice.argmin(0)  # (N',)
-        self.spread_scale = torch.as_tensor(self.SCALES, dtype=torch.float32)[best]
-        edge = (best == 0) | (best == len(self.SCALES) - 1)
-        if bool(edge.any()):
-            log.warning(
-                "Spread calibration: %d variate(s) at the edge of the scale grid (%.3g … %.3g); "
-                "the denoiser's spread is far off there", int(edge.sum()),
-                self.SCALES[0], self.SCALES[-1],
-            )  # fmt: skip
-        n_values = len(picks) * args.pred_len * total.shape[1]
-        crps = total.gather(0, best[None]).sum() / n_values
-        log.info(
-            "Spread calibration (%s) on %d validation windows: scale %s, CRPS %.4f (%.4f "
-            "unscaled)", args.calibrate_spread, len(picks),
-            np.array2string(self.spread_scale.numpy(), precision=3),
-            float(crps), float(total[self.UNIT].sum() / n_values),
-        )  # fmt: skip
-        return self.spread_scale
-
-    @torch.no_grad()
-    def _forecast_batch(self, batch, index: int, scaled: bool = True):
-        """→ samples (S, B, H, N'), baseline mean (B, H, N'), truth (B, H, N'), seconds.
-
-        The noise of batch ``index`` comes from its own seeded generator, so a batch gets the
-        same samples whatever ran before it (re-evaluation, sharding over ranks).
-        """
-        args = self.args
-        model = self.unwrapped_model()
-        model.eval()
-        self.stage1_head.to(self.device).eval()
         x, y, x_mark, _ = self._to_device(batch)
         start = time.perf_counter()
         y_det, z, norm = model.backbone_forward(x, x_mark)
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(args.seed * 1_000_003 + index)
-        samples = self._sample(y_det, z, norm, generator, scaled)
+        generator = torch.Generator(device=self.device).manual_seed(args.seed * 1_000_003 + index)
+        samples = model.sample(
+            y_det, z, norm, n_samples=args.n_samples, sampler=args.sampler,
+            steps=args.sampling_steps, eta=args.eta, spacing=args.timestep_spacing,
+            generator=generator, sample_chunk=self.sample_chunk(),
+            autocast_dtype=self._amp_dtype(), center=bool(args.center_samples),
+        )  # fmt: skip
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        base = norm.denormalize(self.stage1_head(z).permute(0, 2, 1))  # (B, H, N)
-        f = -1 if args.features == "MS" else 0
-        true = y[:, -args.pred_len :, f:]
-        return samples[..., f:], base[..., f:], true, seconds
-
-    def _sample(self, y_det, z, norm, generator, scaled: bool = True) -> Tensor:
-        """Samples (S, B, H, N) as the run's arguments ask, spread-calibrated if ``scaled``."""
-        args = self.args
-        samples = self.unwrapped_model().sample(
-            y_det, z, norm, n_samples=args.n_samples, sampler=args.sampler,
-            steps=args.sampling_steps, eta=args.eta, spacing=args.timestep_spacing,
-            generator=generator, sample_chunk=args.sample_chunk, workers=args.sample_workers,
-            autocast_dtype=self._amp_dtype(), center=bool(args.center_samples),
-        )  # fmt: skip
-        if scaled and self.spread_scale is not None:
-            f = -1 if args.features == "MS" else 0  # the scale covers the scored variates
-            part = samples[..., f:]
-            scale = self.spread_scale.to(samples.device)
-            with torch.inference_mode():  # in place: the samples can be large
-                mean = part.mean(0)
-                part.sub_(mean).mul_(scale).add_(mean)
-        return samples
+        f = -1 if args.features == "MS" else 0  # the scored variates
+        samples = samples[..., f:]
+        if self.spread_scale is not None:
+            apply_spread(samples, self.spread_scale)
+        methods = {args.model: samples}
+        if with_baselines:
+            self.stage1_head.to(self.device).eval()
+            point = norm.denormalize(self.stage1_head(z).permute(0, 2, 1))[..., f:]  # (B, H, N')
+            scale = norm.stdev[..., f:]  # (B, 1, N')
+            methods.update(
+                baselines.ensembles(self.baseline_fit, point, scale, args.n_samples, f, generator)
+            )
+        return methods, y[:, -args.pred_len :, f:], seconds
 
     def _amp_dtype(self):
         if not self.args.use_amp:
             return None
         return torch.bfloat16 if self.args.amp_dtype == "bf16" else torch.float16
 
+    # ---- spread calibration ---------------------------------------------------------------------
+    def prepare_sampling(self, setting: str) -> None:
+        """Spread factors for the current sampling setting: from the checkpoint when they were
+        fitted before, else fitted now on validation windows and saved into the checkpoint."""
+        self.spread_scale = None
+        if self.args.calibrate_spread == "none":
+            return
+        key = calibration_key(self.args)
+        if key not in self.calibration:
+            self.calibration[key] = self._fit_spread().tolist()
+            self._store_calibration(self.checkpoint_path(setting))
+        self.spread_scale = torch.tensor(self.calibration[key], dtype=torch.float32)
+        log.info(
+            "Spread factors (%s): %s", self.args.calibrate_spread,
+            np.array2string(self.spread_scale.numpy(), precision=3),
+        )  # fmt: skip
+
+    def _store_calibration(self, path: str) -> None:
+        if self.is_main and os.path.isfile(path):
+            state = read_checkpoint(path)
+            state["calibration"] = self.calibration
+            atomic_save(state, path)
+        distributed.barrier()
+
+    @torch.no_grad()
+    def _fit_spread(self) -> Tensor:
+        """The factor that minimises the ensemble CRPS of mean + s·(sample − mean) on up to
+        --calib_windows evenly spaced validation windows, sampled exactly as the test windows
+        will be; one for all variates (``global``) or one per variate (``variate``). The
+        ensemble CRPS is convex in s, so a grid suffices."""
+        args = self.args
+        data, _ = self._get_data("val")
+        count = min(args.calib_windows, len(data))
+        picks = np.unique(np.linspace(0, len(data) - 1, count).round().astype(int))
+        subset = torch.utils.data.Subset(data, picks.tolist())
+        loader = torch.utils.data.DataLoader(subset, batch_size=args.batch_size, shuffle=False)
+        total = 0.0  # (len(SCALES), N') CRPS sums
+        for index, batch in enumerate(progress(loader, desc="calibrating spread")):
+            methods, true, _ = self._forecast_batch(batch, -1 - index, with_baselines=False)
+            samples = methods[args.model].float().cpu()
+            total = total + crps_by_spread_scale(samples, true.float().cpu(), SCALES)
+        scale, best = best_scale(total, args.calibrate_spread)
+        if bool(((best == 0) | (best == len(SCALES) - 1)).any()):
+            log.warning(
+                "Spread calibration: a factor reached the edge of its grid (%.3g … %.3g); the "
+                "denoiser's spread is far off there", SCALES[0], SCALES[-1],
+            )  # fmt: skip
+        n_values = len(picks) * args.pred_len * total.shape[1]
+        log.info(
+            "Spread calibration on %d validation windows: CRPS %.4f (%.4f unscaled)",
+            len(picks), float(total.gather(0, best[None]).sum() / n_values),
+            float(total[UNIT].sum() / n_values),
+        )  # fmt: skip
+        return scale
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def test(self, setting: str, test: int = 0) -> dict:
+        args = self.args
+        data, loader = self._get_data(args.eval_split)
+        if test:
+            self.load_checkpoint(self.checkpoint_path(setting))
+        if self.baseline_fit is None:
+            raise RuntimeError("the checkpoint has no baseline fit; train stage 1 first")
+        self.prepare_sampling(setting)
+        evaluation = Evaluation(
+            args, data.scaler, len(data), self.results_dir(setting), args.model,
+            baselines.NAMES, self.is_main,
+        )  # fmt: skip
+        rank, world = distributed.rank(), distributed.world_size()
+        for index, batch in enumerate(progress(loader, desc="sampling")):
+            if index % world == rank:  # DDP: each rank its own batches, every batch once
+                methods, true, seconds = self._forecast_batch(batch, index)
+                evaluation.add_batch(index, index * args.batch_size, methods, true, seconds)
+        metrics = evaluation.finish(
+            sampler=args.sampler, sampling_steps=args.sampling_steps, n_samples=args.n_samples,
+            eta=args.eta, timestep_spacing=args.timestep_spacing,
+            spread_scale=None if self.spread_scale is None else self.spread_scale.tolist(),
+            eval_split=args.eval_split, data_path=args.data_path, pred_len=args.pred_len,
+            world_size=world,
+        )  # fmt: skip
+        if self.is_main:
+            self._write_log(setting, metrics)
+            self._plot_test(setting, data, metrics)
+        return metrics
+
+    def _plot_test(self, setting: str, data, metrics: dict) -> None:
+        """Fan charts, reliability diagram, CRPS per step and per variate → --test_results."""
+        from utils.plots import plot_run
+
+        f = -1 if self.args.features == "MS" else 0
+        windows = np.lib.stride_tricks.sliding_window_view(
+            data.data_x[:, f:], self.args.seq_len, axis=0
+        )  # (rows - L + 1, N', L), a view: nothing is copied
+        history = windows[: len(data)].transpose(0, 2, 1)  # (W, L, N')
+        names = data.columns[f:] if f else data.columns
+        folder = os.path.join(self.args.test_results, setting)
+        paths = plot_run(self.results_dir(setting), folder, metrics, names, history)
+        log.info("Figures: %s", ", ".join(paths))
+
     def _write_log(self, setting: str, m: dict) -> None:
-        b = m["baselines"]
         lines = [
             f"{setting}  ",
             f"mse:{m['mse']}, mae:{m['mae']}, rmse:{m['rmse']}",
@@ -461,10 +436,10 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             f"crps_sum:{m['crps_sum']}, coverage_50:{m['coverage_50']}, "
             f"coverage_90:{m['coverage_90']}, sharpness_90:{m['sharpness_90']}",
             *(
-                f"baseline {name}: mse:{b[name]['mse']}, mae:{b[name]['mae']}, "
-                f"crps:{b[name]['crps']}, crps_norm:{b[name]['crps_norm']}, "
-                f"coverage_50:{b[name]['coverage_50']}, coverage_90:{b[name]['coverage_90']}"
-                for name in BASELINES
+                f"baseline {name}: mse:{b['mse']}, mae:{b['mae']}, crps:{b['crps']}, "
+                f"crps_norm:{b['crps_norm']}, coverage_50:{b['coverage_50']}, "
+                f"coverage_90:{b['coverage_90']}"
+                for name, b in m["baselines"].items()
             ),
             f"sampler:{m['sampler']}, steps:{m['sampling_steps']}, samples:{m['n_samples']}, "
             f"windows:{m['n_windows']}, split:{m['eval_split']}, "
@@ -474,218 +449,30 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             f.write("\n".join(lines) + "\n\n")
         log.info(format_table(m))
 
-
-class Evaluation:
-    """Streams test batches into metric accumulators and ``.npy`` files on disk.
-
-    Metrics are computed in the normalised units of the data (TSLib's default); the normalised
-    CRPS and CRPS-sum (ratios over Σ|y|, the ProbTS/GluonTS convention) in original units, as
-    published tables do; ``--inverse`` adds every metric in original units.
-
-    Each batch's contribution is kept apart and the contributions are merged in batch order at
-    the end, so that batches sharded over DDP ranks give bit-for-bit the single-process numbers;
-    every rank writes its own rows of the shared ``.npy`` files.
-    """
-
-    def __init__(self, exp: Exp_Diffusion_Forecast, dataset, n_windows: int, folder: str):
-        self.exp, self.args, self.folder = exp, exp.args, folder
-        f = -1 if self.args.features == "MS" else 0
-        self.scale = torch.tensor(dataset.scaler.scale_[f:], dtype=torch.float64)
-        self.shift = torch.tensor(dataset.scaler.mean_[f:], dtype=torch.float64)
-        self.sigma = exp.baseline_sigma[:, f:].double()  # (H, N')
-        self.n_windows = n_windows
-        self.parts: list[tuple[int, int, float, dict]] = []  # (batch, first row, seconds, states)
-        self.arrays = self._open_arrays(len(self.scale))
-
-    def _open_arrays(self, n_out: int) -> dict[str, np.ndarray]:
-        """float32 .npy files written batch by batch (memory stays flat for big data)."""
-        window = (self.n_windows, self.args.pred_len, n_out)
-        shapes = {"pred": window, "pred_std": window, "true": window,
-                  "quantiles": (len(QUANTILES_SAVED), *window)}  # fmt: skip
-        if self.args.save_samples:
-            shapes["samples"] = (self.args.n_samples, *window)
-        arrays = {}
-        for mode in ("w+", "r+"):  # rank 0 creates the files, then every other rank opens them
-            if (mode == "w+") == self.exp.is_main:
-                for name, shape in shapes.items():
-                    path = os.path.join(self.folder, f"{name}.npy")
-                    arrays[name] = np.lib.format.open_memmap(path, mode, np.float32, shape)
-            distributed.barrier()
-        return arrays
-
-    def add_batch(self, index: int, samples: Tensor, base: Tensor, true: Tensor, seconds: float):
-        """Batch ``index``: samples (S, B, H, N'), base and true (B, H, N'), normalised units.
-
-        Windows are scored a few at a time so that memory stays bounded for wide data.
-        """
-        S, B, H, N = samples.shape
-        # ≤ 4M sample values (16 MiB) per chunk: the temporaries stay below glibc's mmap
-        # threshold and are reused from the heap, not mapped and faulted in afresh each time
-        step = max(1, (1 << 22) // (S * H * N))
-        for start in range(0, B, step):
-            rows = slice(start, start + step)
-            states, chunk, chunk_sorted, chunk_true = self._score(
-                samples[:, rows].float().cpu(), base[rows], true[rows]
-            )
-            self.parts.append((index, start, seconds if start == 0 else 0.0, states))
-            offset = index * self.args.batch_size + start
-            self._write(offset, chunk, chunk_sorted, chunk_true)
-            del chunk, chunk_sorted
-            release_memory()
-
-    def _score(self, samples: Tensor, base: Tensor, true: Tensor) -> dict:
-        base, true = base.double().cpu(), true.double().cpu()
-        # one sort serves every metric: the affine map to original units keeps the order
-        xs = samples.permute(1, 2, 3, 0).sort(dim=-1).values.permute(3, 0, 1, 2)  # (S, b, H, N)
-        s, sh = self.scale, self.shift
-        states = {"norm": self._accumulate(samples, xs, base, self.sigma, true)}
-        s32, sh32 = s.float(), sh.float()
-        states["orig"] = self._accumulate(
-            samples * s32 + sh32, xs * s32 + sh32, base * s + sh, self.sigma * s, true * s + sh
-        )
-        return states, samples, xs, true
-
-    def _accumulate(self, samples, sorted_samples, base, sigma, true) -> dict:
-        acc = {name: ProbMetricAccumulator() for name in ("model", *BASELINES)}
-        acc["model"].update_samples(samples, true, sorted_samples)
-        acc["itransformer"].update_gaussian(base, torch.zeros_like(sigma), true)
-        acc["itransformer_gaussian"].update_gaussian(base, sigma, true)
-        return {name: a.state() for name, a in acc.items()}
-
-    def _write(self, offset: int, samples: Tensor, sorted_samples: Tensor, true: Tensor) -> None:
-        rows = slice(offset, offset + samples.shape[1])
-        self.arrays["pred"][rows] = samples.mean(0).numpy()
-        self.arrays["pred_std"][rows] = sample_std(samples).numpy()
-        self.arrays["true"][rows] = true.numpy()
-        q = quantiles_from_sorted(sorted_samples, QUANTILES_SAVED)  # (Q, B, H, N)
-        self.arrays["quantiles"][:, rows] = q.numpy()
-        if "samples" in self.arrays:
-            self.arrays["samples"][:, rows] = samples.numpy()
-
-    def _merged(self) -> tuple[dict, dict, float]:
-        """Every rank's batch contributions, merged in batch order."""
-        parts = sorted(
-            p for rank_parts in distributed.gather_objects(self.parts) for p in rank_parts
-        )
-        totals = {u: {k: ProbMetricAccumulator() for k in ("model", *BASELINES)}
-                  for u in ("norm", "orig")}  # fmt: skip
-        for _, _, _, states in parts:
-            for unit, accs in totals.items():
-                for name, acc in accs.items():
-                    acc.merge(states[unit][name])
-        seconds = sum(sec for _, _, sec, _ in parts)
-        return totals["norm"], totals["orig"], seconds
-
-    def finish(self) -> dict:
-        norm, orig_acc, seconds = self._merged()
-        for array in self.arrays.values():
-            array.flush()
-        distributed.barrier()
-        done = norm["model"].n_windows
-        if done != self.n_windows:
-            raise RuntimeError(f"evaluated {done} windows, expected {self.n_windows}")
-        result = self._collect(norm)
-        orig = self._collect(orig_acc)
-        for key in ("crps_norm", "crps_sum"):  # ratios over Σ|y|: original units only
-            result[key] = orig[key]
-            for name in BASELINES:
-                result["baselines"][name][key] = orig["baselines"][name][key]
-        if self.args.inverse:
-            result["original_units"] = orig
-        pred, true = self.arrays["pred"], self.arrays["true"]
-        mae, mse, rmse, mape, mspe = metric(np.asarray(pred), np.asarray(true))
-        result.update(
-            sampler=self.args.sampler,
-            sampling_steps=self.args.sampling_steps,
-            n_samples=self.args.n_samples,
-            eta=self.args.eta,
-            timestep_spacing=self.args.timestep_spacing,
-            seconds_sampling=seconds,
-            spread_scale=None if (s := self.exp.spread_scale) is None else s.tolist(),
-            eval_split=self.args.eval_split,
-            model=self.args.model,
-            data_path=self.args.data_path,
-            pred_len=self.args.pred_len,
-            world_size=distributed.world_size(),
-        )
-        if self.exp.is_main:
-            self._save(result, [mae, mse, rmse, mape, mspe])
-        return result
-
-    def _collect(self, acc) -> dict:
-        result = acc["model"].compute()
-        result["baselines"] = {name: acc[name].compute() for name in BASELINES}
-        return result
-
-    def _save(self, result: dict, point_metrics: list) -> None:
-        np.save(os.path.join(self.folder, "metrics.npy"), np.array(point_metrics))
-        keys = ("crps", "crps_fair", "crps_norm", "crps_sum", "coverage_50", "coverage_90",
-                "sharpness_90")  # fmt: skip
-        np.save(os.path.join(self.folder, "prob_metrics.npy"), np.array([result[k] for k in keys]))
-        with open(os.path.join(self.folder, "metrics.json"), "w") as f:
-            json.dump(result, f, indent=2)
-
-
-def crps_by_spread_scale(samples: Tensor, true: Tensor, scales) -> Tensor:
-    """Σ over (window, step) of the ensemble CRPS of mean + s·(samples − mean), for every s in
-    ``scales`` and every variate → float64 (len(scales), N). samples (S, B, H, N), true (B, H, N).
-
-    With d the sorted deviations from the mean, CRPS(s) = E|mean + s·d − y| − s·½E|d − d'|,
-    and ½E|d − d'| = Σᵢ (2i − S − 1)·d₍ᵢ₎ / S²; a few windows at a time keep memory flat.
-    """
-    S, N = samples.shape[0], samples.shape[-1]
-    weights = ((2 * torch.arange(1, S + 1) - S - 1).float() / S**2).view(-1, 1, 1, 1)
-    term1 = torch.zeros(len(scales), N, dtype=torch.float64)
-    spread = torch.zeros(N, dtype=torch.float64)
-    for part in range(0, len(true), 4):
-        x, y = samples[:, part : part + 4], true[part : part + 4]
-        mean = x.mean(0)
-        dev = (x - mean).sort(dim=0).values  # (S, b, H, N)
-        spread += (weights * dev).sum((0, 1, 2)).double()
-        offset = mean - y  # (b, H, N)
-        buffer = torch.empty_like(dev)  # one buffer for all scales: wide data (321 variates)
-        for k, scale in enumerate(list(scales)):  # made 3 tensors of 49 MB per scale before
-            torch.mul(dev, float(scale), out=buffer).add_(offset).abs_()
-            term1[k] += buffer.mean(0).sum((0, 1)).double()
-    return term1 - torch.as_tensor(scales, dtype=torch.float64)[:, None] * spread
-
-
-TABLE_COLUMNS = ("mse", "mae", "crps", "crps_norm", "coverage_50", "coverage_90", "sharpness_90")
-
-
-def format_table(m: dict) -> str:
-    """The model and both baselines side by side, one row each."""
-    rows = [(m["model"], m)] + [(name, m["baselines"][name]) for name in BASELINES]
-    width = max(len(name) for name, _ in rows)
-    head = f"{'':{width}}  " + "  ".join(f"{c:>12}" for c in TABLE_COLUMNS)
-    body = [
-        f"{name:{width}}  " + "  ".join(f"{r[c]:12.4f}" for c in TABLE_COLUMNS) for name, r in rows
-    ]
-    tail = (
-        f"({m['n_windows']} test windows, {m['n_samples']} samples, {m['sampler']} "
-        f"{m['sampling_steps']} steps, {m['seconds_sampling']:.1f} s sampling; "
-        "crps_norm in original units, the rest in normalised units)"
-    )
-    return "\n".join([head, *body, tail])
-
-
-def forecast_table(samples: np.ndarray, dates, names) -> pd.DataFrame:
-    """samples (S, H, N) in original units → one row per (date, variate) with summaries."""
-    q = np.quantile(samples, QUANTILES_SAVED, axis=0)  # (Q, H, N)
-    H, N = samples.shape[1:]
-    table = pd.DataFrame(
-        {
-            "date": np.repeat(np.asarray(dates), N),
-            "variate": np.tile(np.asarray(names, dtype=object), H),
-            "mean": samples.mean(0).reshape(-1),
-            "median": np.median(samples, axis=0).reshape(-1),
-        }
-    )
-    for level, values in zip(QUANTILES_SAVED, q):
-        if level != 0.5:  # the median has its own column
-            table[f"q{round(level * 100):02d}"] = values.reshape(-1)
-    return table
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))
+    # ---- the real future ------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_future(self, setting: str) -> str | None:
+        """Forecast the ``pred_len`` steps after the CSV's last row → ``forecast.csv`` (one row
+        per (date, variate), original units: mean and quantiles) and fan charts."""
+        if not self.is_main:
+            return None
+        args = self.args
+        data, _ = self._get_data("test")
+        x, x_mark, dates = data.future_input()
+        batch = (torch.from_numpy(x)[None], torch.zeros(1, args.pred_len, x.shape[1]),
+                 torch.from_numpy(x_mark)[None], torch.zeros(1))  # fmt: skip
+        if self.spread_scale is None:
+            self.prepare_sampling(setting)
+        methods, _, _ = self._forecast_batch(batch, -(1 << 20), with_baselines=False)
+        f = -1 if args.features == "MS" else 0
+        samples = methods[args.model][:, 0].double().cpu().numpy()  # (S, H, N')
+        samples = samples * data.scaler.scale_[f:] + data.scaler.mean_[f:]
+        names = list(data.columns[f:] if f else data.columns)
+        table = forecast_table(samples, dates, names)
+        path = os.path.join(self.results_dir(setting), "forecast.csv")
+        table.to_csv(path, index=False)
+        history = data.inverse_transform(data.full_data[-args.seq_len :])[:, f:]
+        figures = os.path.join(args.test_results, setting)
+        plot_forecast(figures, table, history, data.all_dates[-args.seq_len :], names)
+        log.info("Forecast for %s … %s written to %s", dates[0], dates[-1], path)
+        return path

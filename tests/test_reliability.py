@@ -301,7 +301,6 @@ def test_enc_in_contradicting_the_data(data, tmp_path):
             ["--sampling_steps", "2000", "--diffusion_steps", "1000"],
             "--sampling_steps 2000 must be between 1 and --diffusion_steps 1000",
         ),
-        (["--sample_workers", "-1"], "--sample_workers must be 0 (automatic) or more, got -1"),
     ],
 )
 def test_impossible_arguments_are_usage_errors(extra, expected, data, tmp_path, capsys):

@@ -165,6 +165,19 @@ def add_device_args(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--devices", default="0,1,2,3", help="device ids for multi-GPU (torchrun)")
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to a flag's help unless the help already names its default or
+    there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        if action.option_strings:
+            return f"{text} (default: %(default)s)"
+        return text
+
+
 ARG_GROUPS = {
     "basic config": add_basic_args,
     "data": add_data_args,
@@ -179,7 +192,7 @@ ARG_GROUPS = {
 def build_parser(extra_groups: dict | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Time-Series-Library-style forecasting: point and diffusion models",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     for title, add in {**ARG_GROUPS, **(extra_groups or {})}.items():
         add(parser.add_argument_group(title))
@@ -216,7 +229,8 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
         "--parameterization",
         default=None,
         choices=PARAMETERIZATIONS,
-        help="network target (default: the model's own, eps or x0)",
+        help="network target (default: the model's own: v for iTransformerDiffusion, x0 for "
+        "iTransformerDiffusionDirect)",
     )
     p.add_argument("--cond_dim", type=int, default=256, help="width of the FiLM condition")
     p.add_argument("--unet_channels", default="64,128,256,512", help="UNet1D widths")
@@ -238,20 +252,6 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
         help="AdamW lr of the backbone's head in stage 2",
     )
     p.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
-    p.add_argument(
-        "--finetune_encoder",
-        type=int,
-        default=0,
-        choices=(0, 1),
-        help="stage 2 also trains the embedding and encoder (at --projection_lr); 0 = frozen",
-    )
-    p.add_argument(
-        "--variate_weights",
-        default="none",
-        choices=("none", "val_mse"),
-        help="per-variate weights of the diffusion loss: val_mse = the stage-1 backbone's "
-        "validation MSE per variate, normalised to mean 1 (harder variates weigh more)",
-    )
     p.add_argument(
         "--loss_lambda",
         type=float,
@@ -283,9 +283,9 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (1 ≈ DDPM)")
     p.add_argument(
         "--timestep_spacing",
-        default="linear",
+        default=None,
         choices=SPACINGS,
-        help="which timesteps a few-step sampler visits",
+        help="which timesteps a few-step sampler visits (default: the sampler's own grid)",
     )
     p.add_argument(
         "--clip_x0",
@@ -299,14 +299,6 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
         type=int,
         default=None,
         help="most trajectories denoised at once (default: sized from free memory)",
-    )
-    p.add_argument(
-        "--sample_workers",
-        type=int,
-        default=0,
-        help="CPU threads that denoise chunks side by side, each with its share of torch's "
-        "threads (0: 2 where torch has two or more; 1: one chunk at a time). GPUs, --compile "
-        "and samplers that draw noise at every step use one",
     )
     p.add_argument(
         "--compile",
@@ -331,8 +323,8 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
         default="variate",
         choices=("none", "global", "variate"),
         help="scale the samples' spread around their mean by the factor (one per variate, or "
-        "one for all) that minimises CRPS on validation windows, fitted before each "
-        "evaluation; the mean is unchanged",
+        "one for all) that minimises CRPS on validation windows; fitted once per sampler "
+        "setting and kept in the checkpoint; the mean is unchanged",
     )
     p.add_argument(
         "--calib_windows",
@@ -362,8 +354,6 @@ def check_diffusion_args(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error(f"--n_samples must be at least 1, got {args.n_samples}")
     if args.calib_windows < 1:
         parser.error(f"--calib_windows must be at least 1, got {args.calib_windows}")
-    if args.sample_workers < 0:
-        parser.error(f"--sample_workers must be 0 (automatic) or more, got {args.sample_workers}")
     if not 0.0 <= args.loss_lambda <= 1.0:
         parser.error(f"--loss_lambda must be in [0, 1], got {args.loss_lambda}")
     try:

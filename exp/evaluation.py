@@ -1,0 +1,169 @@
+"""Scoring a whole evaluation split: the model's and every baseline's ensembles, streamed batch by
+batch into metric accumulators and ``.npy`` files.
+
+Every method is scored by the same ensemble code. Metrics are in the normalised units of the data
+(TSLib's default); the normalised CRPS and CRPS-sum (ratios over Σ|y|, the ProbTS/GluonTS
+convention) in original units, as published tables do; ``--inverse`` adds every metric in original
+units. Each batch's contribution is kept apart and merged in batch order at the end, so that
+batches sharded over DDP ranks give bit-for-bit the single-process numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from argparse import Namespace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from utils import distributed
+from utils.metrics import ProbMetricAccumulator, metric, quantiles_from_sorted
+
+QUANTILES_SAVED = (0.05, 0.25, 0.5, 0.75, 0.95)
+TABLE_COLUMNS = ("mse", "mae", "crps", "crps_norm", "coverage_50", "coverage_90", "sharpness_90")
+PROB_METRICS = ("crps", "crps_fair", "crps_norm", "crps_sum", "coverage_50", "coverage_90",
+                "sharpness_90")  # fmt: skip
+
+
+class Evaluation:
+    """Streams the batches of one split; ``finish()`` returns the metrics dict.
+
+    ``add_batch(index, first_row, methods, true, seconds)`` takes, per method name, the ensemble
+    (S, B, H, N) in normalised units; the first method is the model, whose arrays are written.
+    """
+
+    def __init__(
+        self, args: Namespace, scaler, n_windows: int, folder: str, model_name: str,
+        baselines: tuple[str, ...], is_main: bool = True,
+    ):  # fmt: skip
+        self.args, self.folder, self.is_main = args, folder, is_main
+        self.methods = (model_name, *baselines)
+        f = -1 if args.features == "MS" else 0
+        self.scale = torch.tensor(scaler.scale_[f:], dtype=torch.float32)
+        self.shift = torch.tensor(scaler.mean_[f:], dtype=torch.float32)
+        self.n_windows = n_windows
+        self.parts: list[tuple[int, int, float, dict]] = []  # (batch, first row, seconds, states)
+        self.arrays = self._open_arrays(len(self.scale))
+
+    def _open_arrays(self, n_out: int) -> dict[str, np.ndarray]:
+        """float32 .npy files written batch by batch (memory stays flat for big data)."""
+        window = (self.n_windows, self.args.pred_len, n_out)
+        shapes = {"pred": window, "pred_std": window, "true": window,
+                  "quantiles": (len(QUANTILES_SAVED), *window)}  # fmt: skip
+        if self.args.save_samples:
+            shapes["samples"] = (self.args.n_samples, *window)
+        arrays = {}
+        for mode in ("w+", "r+"):  # rank 0 creates the files, then every other rank opens them
+            if (mode == "w+") == self.is_main:
+                for name, shape in shapes.items():
+                    path = os.path.join(self.folder, f"{name}.npy")
+                    arrays[name] = np.lib.format.open_memmap(path, mode, np.float32, shape)
+            distributed.barrier()
+        return arrays
+
+    def add_batch(
+        self, index: int, first_row: int, methods: dict[str, Tensor], true: Tensor, seconds: float
+    ) -> None:
+        """Batch ``index`` starting at window ``first_row``: ensembles (S, B, H, N) per method,
+        true (B, H, N), normalised units. Windows are scored a few at a time (bounded memory)."""
+        model = methods[self.methods[0]]
+        S, B, H, N = model.shape
+        step = max(1, (1 << 22) // (S * H * N))  # ≤ 4M sample values per chunk
+        for start in range(0, B, step):
+            rows = slice(start, start + step)
+            chunk = {name: methods[name][:, rows].float().cpu() for name in self.methods}
+            y = true[rows].float().cpu()
+            states = {"norm": self._accumulate(chunk, y)}
+            states["orig"] = self._accumulate(
+                {k: v * self.scale + self.shift for k, v in chunk.items()},
+                y * self.scale + self.shift,
+            )
+            self.parts.append((index, start, seconds if start == 0 else 0.0, states))
+            self._write(first_row + start, chunk[self.methods[0]], y)
+
+    def _accumulate(self, methods: dict[str, Tensor], y: Tensor) -> dict:
+        states = {}
+        for name, samples in methods.items():
+            acc = ProbMetricAccumulator()
+            acc.update_samples(samples, y)
+            states[name] = acc.state()
+        return states
+
+    def _write(self, offset: int, samples: Tensor, true: Tensor) -> None:
+        rows = slice(offset, offset + samples.shape[1])
+        self.arrays["pred"][rows] = samples.mean(0).numpy()
+        self.arrays["pred_std"][rows] = samples.std(0, correction=0).numpy()
+        self.arrays["true"][rows] = true.numpy()
+        ordered = samples.sort(dim=0).values
+        self.arrays["quantiles"][:, rows] = quantiles_from_sorted(ordered, QUANTILES_SAVED).numpy()
+        if "samples" in self.arrays:
+            self.arrays["samples"][:, rows] = samples.numpy()
+
+    def _merged(self) -> tuple[dict, dict, float]:
+        """Every rank's batch contributions, merged in batch order."""
+        parts = sorted(
+            (p for rank_parts in distributed.gather_objects(self.parts) for p in rank_parts),
+            key=lambda p: (p[0], p[1]),
+        )
+        totals = {u: {k: ProbMetricAccumulator() for k in self.methods} for u in ("norm", "orig")}
+        for _, _, _, states in parts:
+            for unit, accs in totals.items():
+                for name, acc in accs.items():
+                    acc.merge(states[unit][name])
+        seconds = sum(sec for _, _, sec, _ in parts)
+        return totals["norm"], totals["orig"], seconds
+
+    def finish(self, **extra) -> dict:
+        """Merge, check that every window was scored, save the files; ``extra`` goes into the
+        metrics dict (sampler, steps, spread factors, ...)."""
+        norm, orig, seconds = self._merged()
+        for array in self.arrays.values():
+            array.flush()
+        distributed.barrier()
+        model, baselines = self.methods[0], self.methods[1:]
+        done = norm[model].n_windows
+        if done != self.n_windows:
+            raise RuntimeError(f"evaluated {done} windows, expected {self.n_windows}")
+        result = norm[model].compute()
+        result["baselines"] = {name: norm[name].compute() for name in baselines}
+        orig_result = {name: orig[name].compute() for name in self.methods}
+        for key in ("crps_norm", "crps_sum"):  # ratios over Σ|y|: original units only
+            result[key] = orig_result[model][key]
+            for name in baselines:
+                result["baselines"][name][key] = orig_result[name][key]
+        if self.args.inverse:
+            result["original_units"] = {
+                **orig_result[model],
+                "baselines": {name: orig_result[name] for name in baselines},
+            }
+        pred, true = self.arrays["pred"], self.arrays["true"]
+        point = metric(np.asarray(pred), np.asarray(true))  # TSLib's [mae, mse, rmse, mape, mspe]
+        result.update(model=model, seconds_sampling=seconds, **extra)
+        if self.is_main:
+            self._save(result, list(point))
+        return result
+
+    def _save(self, result: dict, point_metrics: list) -> None:
+        np.save(os.path.join(self.folder, "metrics.npy"), np.array(point_metrics))
+        prob = np.array([result[k] for k in PROB_METRICS])
+        np.save(os.path.join(self.folder, "prob_metrics.npy"), prob)
+        with open(os.path.join(self.folder, "metrics.json"), "w") as f:
+            json.dump(result, f, indent=2)
+
+
+def format_table(m: dict) -> str:
+    """The model and every baseline side by side, one row each."""
+    rows = [(m["model"], m)] + list(m["baselines"].items())
+    width = max(len(name) for name, _ in rows)
+    head = f"{'':{width}}  " + "  ".join(f"{c:>12}" for c in TABLE_COLUMNS)
+    body = [
+        f"{name:{width}}  " + "  ".join(f"{r[c]:12.4f}" for c in TABLE_COLUMNS) for name, r in rows
+    ]
+    tail = (
+        f"({m['n_windows']} {m['eval_split']} windows, {m['n_samples']} samples, {m['sampler']} "
+        f"{m['sampling_steps']} steps, {m['seconds_sampling']:.1f} s sampling; "
+        "crps_norm in original units, the rest in normalised units)"
+    )
+    return "\n".join([head, *body, tail])
