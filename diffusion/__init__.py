@@ -3,12 +3,14 @@
 from .losses import diffusion_loss
 from .parameterization import PARAMETERIZATIONS, to_x0_eps, training_target
 from .samplers import (
+    DEFAULT_SPACING,
     SAMPLERS,
     Denoise,
     ddim_update,
     ddpm_posterior,
     draws_noise,
     get_sampler,
+    sample,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
@@ -27,6 +29,7 @@ from .schedules import (
 )
 
 __all__ = [
+    "DEFAULT_SPACING",
     "PARAMETERIZATIONS",
     "SAMPLERS",
     "SCHEDULES",
@@ -44,6 +47,7 @@ __all__ = [
     "make_alpha_bar",
     "posterior_variance",
     "q_sample",
+    "sample",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",

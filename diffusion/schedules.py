@@ -11,13 +11,14 @@ Conventions used throughout ``diffusion/``:
 from __future__ import annotations
 
 import math
+from numbers import Integral
 
 import numpy as np
 import torch
 from torch import Tensor
 
 SCHEDULES = ("linear", "cosine")
-SPACINGS = ("linear", "trailing")
+SPACINGS = ("trailing", "linspace", "leading", "linear")
 
 _COSINE_S = 0.008
 _MAX_BETA = 0.999
@@ -113,23 +114,46 @@ def q_sample(x0: Tensor, t: Tensor, alpha_bar: Tensor, noise: Tensor) -> Tensor:
     return a.sqrt() * x0 + (1.0 - a).sqrt() * noise
 
 
-def timesteps(T: int, steps: int, spacing: str = "linear") -> list[int]:
+def timesteps(T: int, steps: int, spacing: str) -> list[int]:
     """Descending list of ``steps`` distinct timesteps in ``[0, T-1]`` to visit when sampling.
 
-    * ``"linear"``: ``round(linspace(T-1, 0, steps))`` – evenly spaced and including both ends
-      (for ``steps == 1`` this is ``[T-1]``). Unlike the DDIM paper's "leading" grid
-      ``0, c, 2c, ...`` it always starts at ``T-1``, where x_T is (almost) pure noise.
-    * ``"trailing"``: Lin et al. 2023 (Table 2), ``round(T - i·T/steps) - 1`` for
-      ``i = 0..steps-1``; starts exactly at ``T-1`` and ends at ``round(T/steps) - 1``.
+    The names and formulas are those of diffusers (0.42) and Lin et al. 2023, Table 2; after the
+    last visited timestep a sampler jumps to ᾱ = 1 (diffusers: ``set_alpha_to_one=True``,
+    ``final_sigmas_type="zero"``).
 
-    ``steps == T`` gives every timestep ``T-1, ..., 0`` for both spacings.
+    * ``"trailing"``: ``round(arange(T, 0, -T/steps)) - 1`` (about ``T - i·T/steps - 1`` for
+      ``i = 0..steps-1``); starts at ``T-1`` and ends at ``round(T/steps) - 1``.
+    * ``"linspace"``: ``round(linspace(0, T-1, steps+1))[::-1][:-1]``, the default grid of
+      diffusers' DPMSolverMultistepScheduler: ``steps+1`` points from ``T-1`` to 0 without the
+      last one, so it ends at ``round((T-1)/steps)``; needs ``steps <= T-1``.
+    * ``"leading"``: the DDIM paper's ``τ_i = (i-1)·c`` with ``c = T // steps``, i.e.
+      ``arange(0, steps)·(T//steps)`` reversed, as diffusers' DDIMScheduler and DDPMScheduler
+      with ``steps_offset=0``; ends at 0 but starts at ``(steps-1)·(T//steps)``, below ``T-1``
+      unless ``steps == T`` (``[0]`` for ``steps == 1``). (DPMSolverMultistepScheduler's
+      "leading" differs: it spaces ``steps+1`` points by ``T//(steps+1)``.)
+    * ``"linear"``: ``round(linspace(T-1, 0, steps))``, both ends included; ``[T-1]`` for
+      ``steps == 1``. Close to DDIMScheduler's "linspace", ``round(linspace(0, T-1, steps))``
+      reversed, which rounds ties the other way and gives ``[0]`` for ``steps == 1``.
+
+    ``steps == T`` gives every timestep ``T-1, ..., 0`` for all spacings but ``"linspace"``.
     """
-    if not 1 <= steps <= T:
-        raise ValueError(f"steps must be between 1 and T={T} inclusive, got {steps}.")
-    if spacing == "linear":
-        grid = np.round(np.linspace(T - 1, 0, steps))
-    elif spacing == "trailing":
-        grid = np.round(T - np.arange(steps) * (T / steps)) - 1
-    else:
+    if spacing not in SPACINGS:
         raise ValueError(f"Unknown timestep spacing {spacing!r}; choose one of {SPACINGS}.")
+    most = T - 1 if spacing == "linspace" else T
+    if isinstance(steps, bool) or not isinstance(steps, Integral) or not 1 <= steps <= most:
+        raise ValueError(
+            f"steps must be an integer from 1 to {most} for T={T} and {spacing!r} spacing, "
+            f"got {steps!r}."
+        )
+    steps = int(steps)
+    if spacing == "trailing":
+        # diffusers' float arange, whose values round differently from T - i·T/steps at ties
+        # (e.g. T=1000, steps=48); it can hold one point too many (~1e-13, e.g. T=15, steps=13)
+        grid = np.round(np.arange(T, 0, -T / steps)[:steps]) - 1
+    elif spacing == "linspace":
+        grid = np.round(np.linspace(0, T - 1, steps + 1))[::-1][:-1]
+    elif spacing == "leading":
+        grid = (np.arange(steps) * (T // steps))[::-1]
+    else:  # linear
+        grid = np.round(np.linspace(T - 1, 0, steps))
     return [int(v) for v in grid]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from diffusion import (
+    DEFAULT_SPACING,
     PARAMETERIZATIONS,
     SAMPLERS,
     SCHEDULES,
@@ -24,6 +27,7 @@ from diffusion import (
     make_alpha_bar,
     posterior_variance,
     q_sample,
+    sample,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
@@ -33,6 +37,8 @@ from diffusion import (
 )
 
 F64 = torch.float64
+# DPMSolverMultistepScheduler.set_timesteps calls np.array on a tensor (diffusers 0.42, numpy 2)
+NUMPY_2_WARNING = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -105,6 +111,14 @@ def test_derived_helpers(schedule: str) -> None:
 # ----------------------------------------------------------------------------- timesteps
 
 
+def test_cosine_schedule_is_diffusers_squaredcos_cap_v2() -> None:
+    """Ours (float64) and diffusers' (float32) cosine β agree to float32 rounding, so the
+    comparisons with diffusers' schedulers below run on the same schedule."""
+    theirs = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").betas
+    ours = betas(make_alpha_bar("cosine", 1000))
+    assert (theirs.double() - ours).abs().max().item() < 1e-7
+
+
 @pytest.mark.parametrize("spacing", SPACINGS)
 @pytest.mark.parametrize(("T", "steps"), [(1000, 1), (1000, 7), (1000, 20), (1000, 999), (10, 3)])
 def test_timesteps_properties(spacing: str, T: int, steps: int) -> None:
@@ -112,26 +126,68 @@ def test_timesteps_properties(spacing: str, T: int, steps: int) -> None:
     assert len(ts) == steps and len(set(ts)) == steps
     assert all(isinstance(t, int) for t in ts)
     assert all(a > b for a, b in zip(ts, ts[1:]))
-    assert ts[-1] >= 0 and ts[0] == T - 1
+    assert ts[-1] >= 0 and ts[0] <= T - 1
+    if spacing != "leading":  # leading starts at (steps-1)·(T//steps)
+        assert ts[0] == T - 1
+    if spacing == "linspace":  # ends at round((T-1)/steps)
+        assert ts[-1] >= 1
+
+
+# (spacing, diffusers scheduler, its timestep_spacing) of the same grid; DDIMScheduler's
+# "linspace" is not our "linspace" (that is DPMSolverMultistepScheduler's) and differs from our
+# "linear" at rounding ties, so "linear" has no diffusers twin.
+DIFFUSERS_GRIDS = [
+    ("leading", DDIMScheduler, "leading"),
+    ("leading", DDPMScheduler, "leading"),
+    ("trailing", DDIMScheduler, "trailing"),
+    ("trailing", DPMSolverMultistepScheduler, "trailing"),
+    ("trailing", DDPMScheduler, "trailing"),
+    ("linspace", DPMSolverMultistepScheduler, "linspace"),
+]
+
+
+@NUMPY_2_WARNING
+@pytest.mark.parametrize(("spacing", "scheduler", "their_spacing"), DIFFUSERS_GRIDS)
+def test_timesteps_match_diffusers(spacing: str, scheduler: type, their_spacing: str) -> None:
+    """Each spacing is diffusers' ``scheduler.timesteps`` after ``set_timesteps(steps)``
+    (48 hits a rounding tie of the trailing grid; diffusers' trailing grid has one point too
+    many, -1, for some step counts such as 217, which are left out here)."""
+    for T in (1000, 50):
+        sched = scheduler(num_train_timesteps=T, timestep_spacing=their_spacing)
+        for steps in (1, 2, 3, 5, 7, 10, 20, 48, 49, 50, 100, 999, 1000):
+            if steps > T or (spacing == "linspace" and steps == T):
+                continue
+            sched.set_timesteps(steps)
+            assert timesteps(T, steps, spacing) == sched.timesteps.tolist(), (T, steps)
 
 
 def test_timesteps_conventions() -> None:
-    assert timesteps(1000, 10, "trailing") == list(range(999, 0, -100))
-    assert timesteps(1000, 3, "trailing") == [999, 666, 332]
     assert timesteps(1000, 4, "linear") == [999, 666, 333, 0]
-    for spacing in SPACINGS:
+    assert timesteps(1000, 4, "trailing") == [999, 749, 499, 249]
+    assert timesteps(1000, 4, "linspace") == [999, 749, 500, 250]
+    assert timesteps(1000, 4, "leading") == [750, 500, 250, 0]
+    for spacing in ("leading", "trailing", "linear"):
         assert timesteps(50, 50, spacing) == list(range(49, -1, -1))
+    assert timesteps(50, 49, "linspace") == list(range(49, 0, -1))
+    assert timesteps(1000, np.int64(4), "trailing") == [999, 749, 499, 249]
 
 
-@pytest.mark.parametrize("steps", [0, 1001])
-def test_timesteps_bad_steps(steps: int) -> None:
-    with pytest.raises(ValueError, match="steps"):
-        timesteps(1000, steps)
+@pytest.mark.parametrize("steps", [0, -3, 1001, 2.5, None])
+def test_timesteps_bad_steps(steps) -> None:
+    for spacing in ("trailing", "leading", "linear"):
+        with pytest.raises(ValueError, match=r"steps must be an integer from 1 to 1000 for T=1000"):
+            timesteps(1000, steps, spacing)
+
+
+def test_linspace_takes_at_most_T_minus_1_steps() -> None:
+    """T+1 points in [0, T-1] less the last: T of them would repeat a timestep."""
+    with pytest.raises(ValueError, match=r"from 1 to 999 for T=1000 and 'linspace' spacing"):
+        timesteps(1000, 1000, "linspace")
 
 
 def test_timesteps_bad_spacing() -> None:
-    with pytest.raises(ValueError, match="linear.*trailing"):
-        timesteps(1000, 10, "leading")
+    with pytest.raises(ValueError, match="trailing.*linspace.*leading.*linear"):
+        timesteps(1000, 10, "uniform")
 
 
 # ----------------------------------------------------------------------------- forward process
@@ -312,8 +368,8 @@ def test_ddim_eta1_step_equals_ddpm_posterior(pair: tuple[int, int]) -> None:
 M, S = 0.5, 2.0  # data x0 ~ N(M, S²) elementwise
 
 
-def _gaussian_denoiser(alpha_bar: torch.Tensor):
-    """E[x0 | x_t] and E[ε | x_t] in closed form for x0 ~ N(M, S²)."""
+def _gaussian_denoiser(alpha_bar: torch.Tensor, m: float = M, s: float = S):
+    """E[x0 | x_t] and E[ε | x_t] in closed form for x0 ~ N(m, s²)."""
     ab = alpha_bar.tolist()
     calls: list[int] = []
 
@@ -321,9 +377,9 @@ def _gaussian_denoiser(alpha_bar: torch.Tensor):
         assert isinstance(t, int)
         calls.append(t)
         a = ab[t]
-        var_xt = a * S**2 + 1 - a
-        r = x - math.sqrt(a) * M
-        return M + math.sqrt(a) * S**2 / var_xt * r, math.sqrt(1 - a) / var_xt * r
+        var_xt = a * s**2 + 1 - a
+        r = x - math.sqrt(a) * m
+        return m + math.sqrt(a) * s**2 / var_xt * r, math.sqrt(1 - a) / var_xt * r
 
     denoise.calls = calls  # type: ignore[attr-defined]
     return denoise
@@ -356,7 +412,7 @@ def test_ddpm_recovers_gaussian_data(schedule: str) -> None:
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("spacing", ["trailing", "linspace", "linear"])  # those starting at T-1
 def test_ddim_error_decreases_with_steps(schedule: str, spacing: str) -> None:
     ab = make_alpha_bar(schedule, 1000)
     x_T = _exact_x_T(ab)
@@ -371,23 +427,121 @@ def test_ddim_error_decreases_with_steps(schedule: str, spacing: str) -> None:
     assert errs[2] < 0.02
 
 
-@pytest.mark.parametrize(
-    ("schedule", "spacing", "tol"),
-    [("cosine", "linear", 0.02), ("linear", "trailing", 0.02), ("cosine", "trailing", 0.03),
-     ("linear", "linear", 0.05)],
-)  # fmt: skip
-def test_dpm_solver_20_steps_is_accurate(schedule: str, spacing: str, tol: float) -> None:
+@pytest.mark.parametrize(("schedule", "tol"), [("linear", 0.02), ("cosine", 0.03)])
+def test_dpm_solver_is_second_order(schedule: str, tol: float) -> None:
+    """On its default grid DPM-Solver++(2M) beats DDIM at equal cost, one call per step."""
     ab = make_alpha_bar(schedule, 1000)
     x_T = _exact_x_T(ab)
     denoise = _gaussian_denoiser(ab)
-    x = sample_dpmpp_2m(denoise, ab, x_T, steps=20, spacing=spacing)
-    assert denoise.calls == timesteps(1000, 20, spacing)  # one call per visited timestep
+    x = sample("dpm_solver", denoise, ab, x_T, steps=20)
+    assert denoise.calls == timesteps(1000, 20, DEFAULT_SPACING["dpm_solver"])
     mean_err, std_err = _errors(x)
     assert mean_err < 1e-6 and std_err < tol
-    ddim_err = _errors(sample_ddim(_gaussian_denoiser(ab), ab, x_T, steps=20, spacing=spacing))[1]
-    assert std_err < ddim_err / 1.5  # second order beats first order at equal cost
-    x50 = sample_dpmpp_2m(_gaussian_denoiser(ab), ab, x_T, steps=50, spacing=spacing)
+    ddim_err = _errors(sample("ddim", _gaussian_denoiser(ab), ab, x_T, steps=20))[1]
+    assert std_err < ddim_err / 1.5
+    x50 = sample("dpm_solver", _gaussian_denoiser(ab), ab, x_T, steps=50)
     assert _errors(x50)[1] < min(std_err, 0.01)
+
+
+# ----------------------------------------------------------------------------- acceptance
+
+SD = 0.4  # acceptance data: x0 ~ N(0, 0.4²), cosine schedule, T = 1000, x_T ~ N(0, I)
+
+
+def _acceptance() -> tuple[torch.Tensor, object, torch.Tensor]:
+    ab = make_alpha_bar("cosine", 1000)
+    x_T = torch.randn(100_000, generator=_gen(30), dtype=F64)
+    return ab, _gaussian_denoiser(ab, 0.0, SD), x_T
+
+
+def test_dpm_solver_default_grid_recovers_the_std() -> None:
+    """With the exact ε, DPM-Solver++(2M) on its default grid is within 2% of the data's std
+    at 20 steps and never above it (a grid ending at t = 0 gave 0.533/0.534/0.454 at 5/10/20
+    steps for 0.400: a huge last log-SNR step that over-disperses)."""
+    ab, denoise, x_T = _acceptance()
+    stds = {n: sample("dpm_solver", denoise, ab, x_T, steps=n).std().item() for n in (5, 10, 20)}
+    assert all(std < SD for std in stds.values()), stds
+    assert abs(stds[20] / SD - 1) < 0.02, stds
+
+
+def test_ddim_default_grid_recovers_the_std() -> None:
+    """DDIM (η = 0), first order, on its default grid: within 5% at 50 steps, from below."""
+    ab, denoise, x_T = _acceptance()
+    stds = {n: sample("ddim", denoise, ab, x_T, steps=n).std().item() for n in (5, 10, 20, 50)}
+    assert all(std < SD for std in stds.values()), stds
+    assert abs(stds[50] / SD - 1) < 0.05, stds
+
+
+# ----------------------------------------------------------------------------- vs diffusers
+# The same algorithm in diffusers 0.42, on the same grid, from the same x_T with the exact ε:
+# diffusers' cosine ("squaredcos_cap_v2") is ours in float32, see
+# test_cosine_schedule_is_diffusers_squaredcos_cap_v2.
+
+
+def _diffusers_run(scheduler, model, x_T: torch.Tensor, steps: int, **step_kwargs) -> torch.Tensor:
+    """diffusers' sampling loop: one ``scheduler.step`` per ``scheduler.timesteps``."""
+    scheduler.set_timesteps(steps)
+    x = x_T
+    for t in scheduler.timesteps.tolist():
+        x = scheduler.step(model(x, t), t, x, **step_kwargs).prev_sample
+    return x
+
+
+def _acceptance_small() -> tuple[torch.Tensor, object, torch.Tensor]:
+    ab, denoise, _ = _acceptance()
+    return ab, denoise, torch.randn(200, 100, generator=_gen(31), dtype=F64)
+
+
+@NUMPY_2_WARNING
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])  # diffusers' default, ours
+@pytest.mark.parametrize("steps", [5, 10, 20])
+def test_dpm_solver_matches_diffusers(spacing: str, steps: int) -> None:
+    """DPMSolverMultistepScheduler(dpmsolver++, order 2, lower_order_final, final σ = 0).
+    With ε-prediction diffusers recovers x0 = (x - σε)/α in float32, which loses ~1e-3 at
+    t = 999 (α ≈ 5e-5); fed x0 itself ("sample") it agrees to float32 rounding."""
+    ab, denoise, x_T = _acceptance_small()
+    ours = sample("dpm_solver", denoise, ab, x_T, steps=steps, spacing=spacing)
+    for prediction_type, output, tol in (("epsilon", 1, 1e-3), ("sample", 0, 1e-5)):
+        scheduler = DPMSolverMultistepScheduler(
+            num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+            algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+            prediction_type=prediction_type, lower_order_final=True, final_sigmas_type="zero",
+            timestep_spacing=spacing,
+        )  # fmt: skip
+        model = lambda x, t, i=output: denoise(x, t)[i]  # noqa: E731
+        theirs = _diffusers_run(scheduler, model, x_T, steps)
+        assert (theirs - ours).abs().max().item() < tol, prediction_type
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("steps", [5, 10, 20, 50])
+def test_ddim_matches_diffusers(spacing: str, steps: int) -> None:
+    """DDIMScheduler(η = 0, set_alpha_to_one=True, no clipping); its step goes from t to
+    t - T//steps, the next grid point for these steps."""
+    ab, denoise, x_T = _acceptance_small()
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+        set_alpha_to_one=True, steps_offset=0, timestep_spacing=spacing,
+    )  # fmt: skip
+    theirs = _diffusers_run(scheduler, lambda x, t: denoise(x, t)[1], x_T, steps, eta=0.0)
+    ours = sample("ddim", denoise, ab, x_T, steps=steps, spacing=spacing)
+    assert (theirs - ours).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("steps", [5, 50])
+def test_ddpm_matches_diffusers(spacing: str, steps: int) -> None:
+    """DDPMScheduler(fixed_small variance, no clipping) with the same generator draws the same
+    noise at each step (diffusers also draws, and scales by 0, at a last step with t > 0)."""
+    ab, denoise, x_T = _acceptance_small()
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+        variance_type="fixed_small", timestep_spacing=spacing,
+    )  # fmt: skip
+    model = lambda x, t: denoise(x, t)[1]  # noqa: E731
+    theirs = _diffusers_run(scheduler, model, x_T, steps, generator=_gen(32))
+    ours = sample("ddpm", denoise, ab, x_T, steps=steps, spacing=spacing, generator=_gen(32))
+    assert (theirs - ours).abs().max().item() < 1e-4
 
 
 # ----------------------------------------------------------------------------- sampler behaviour
@@ -409,10 +563,9 @@ def test_ddpm_chain_equals_ddim_eta1_chain(steps: int | None) -> None:
 @pytest.mark.parametrize(("name", "kwargs"), [("ddpm", {}), ("ddim", {"eta": 0.5})])
 def test_generator_reproducibility(name: str, kwargs: dict) -> None:
     ab, denoise, x_T = _toy()
-    sampler = get_sampler(name)
-    a = sampler(denoise, ab, x_T, steps=10, generator=_gen(21), **kwargs)
-    b = sampler(denoise, ab, x_T, steps=10, generator=_gen(21), **kwargs)
-    c = sampler(denoise, ab, x_T, steps=10, generator=_gen(22), **kwargs)
+    a = sample(name, denoise, ab, x_T, steps=10, generator=_gen(21), **kwargs)
+    b = sample(name, denoise, ab, x_T, steps=10, generator=_gen(21), **kwargs)
+    c = sample(name, denoise, ab, x_T, steps=10, generator=_gen(22), **kwargs)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
 
@@ -422,7 +575,6 @@ def test_a_noise_function_feeds_the_stochastic_steps(name: str, kwargs: dict) ->
     """``generator`` may be a function x -> noise: a generator's own draws, passed through it,
     give the generator's result, at one draw per step but the last."""
     ab, denoise, x_T = _toy()
-    sampler = get_sampler(name)
     g, calls = _gen(21), []
 
     def noise(x: torch.Tensor) -> torch.Tensor:
@@ -430,35 +582,88 @@ def test_a_noise_function_feeds_the_stochastic_steps(name: str, kwargs: dict) ->
         return torch.randn(x.shape, generator=g, dtype=x.dtype)
 
     assert torch.equal(
-        sampler(denoise, ab, x_T, steps=10, generator=noise, **kwargs),
-        sampler(denoise, ab, x_T, steps=10, generator=_gen(21), **kwargs),
+        sample(name, denoise, ab, x_T, steps=10, generator=noise, **kwargs),
+        sample(name, denoise, ab, x_T, steps=10, generator=_gen(21), **kwargs),
     )
     assert calls == [x_T.shape] * 9
     assert draws_noise(name, **kwargs) and not draws_noise("ddim") and not draws_noise("dpm_solver")
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
-def test_sampler_shapes_dtype_and_calls(name: str) -> None:
+def test_sampler_shapes_dtype_and_default_grid(name: str) -> None:
     ab = make_alpha_bar("cosine", 100)
     denoise = _gaussian_denoiser(ab)
     x_T = torch.randn(2, 3, 4, generator=_gen(23))
-    out = get_sampler(name)(denoise, ab, x_T, steps=7, generator=_gen(24), eta=0.3, unused=1)
+    out = sample(name, denoise, ab, x_T, steps=7, spacing=None, generator=_gen(24))
     assert out.shape == x_T.shape and out.dtype == torch.float32
-    assert denoise.calls == timesteps(100, 7)
+    assert denoise.calls == timesteps(100, 7, DEFAULT_SPACING[name])
+    direct = _gaussian_denoiser(ab)  # the sampler's own default is the same grid
+    get_sampler(name)(direct, ab, x_T, steps=7)
+    assert direct.calls == denoise.calls
     # A single step lands on x0_hat at t = T-1.
-    one = get_sampler(name)(_gaussian_denoiser(ab), ab, x_T, steps=1, generator=_gen(24))
+    one = sample(name, _gaussian_denoiser(ab), ab, x_T, steps=1, generator=_gen(24))
     assert torch.allclose(one, _gaussian_denoiser(ab)(x_T, 99)[0])
+
+
+def test_sample_passes_the_options_through() -> None:
+    ab, denoise, x_T = _toy()
+    for name, options in [
+        ("ddpm", {"steps": 10, "spacing": "leading", "generator": _gen(25)}),
+        ("ddim", {"steps": 10, "spacing": "linspace", "eta": 0.5, "generator": _gen(25)}),
+        ("dpm_solver", {"steps": 10, "spacing": "linear"}),
+    ]:
+        expected = get_sampler(name)(denoise, ab, x_T, **options)
+        options["generator"] = _gen(25)
+        assert torch.equal(sample(name, denoise, ab, x_T, **options), expected), name
 
 
 def test_deterministic_samplers_ignore_generator() -> None:
     ab, denoise, x_T = _toy()
-    for sampler in (sample_dpmpp_2m, sample_ddim):
-        a = sampler(denoise, ab, x_T, steps=10, generator=_gen(1))
-        b = sampler(denoise, ab, x_T, steps=10, generator=_gen(2))
+    for name in ("dpm_solver", "ddim"):
+        a = sample(name, denoise, ab, x_T, steps=10, generator=_gen(1))
+        b = sample(name, denoise, ab, x_T, steps=10, generator=_gen(2))
         assert torch.equal(a, b)
 
 
-def test_unknown_sampler_raises() -> None:
-    with pytest.raises(ValueError, match="ddpm.*ddim.*dpm_solver"):
+# ----------------------------------------------------------------------------- sampler errors
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_a_misspelt_keyword_is_a_type_error(name: str) -> None:
+    ab, denoise, x_T = _toy()
+    with pytest.raises(TypeError, match="stpes"):
+        get_sampler(name)(denoise, ab, x_T, stpes=10)
+    with pytest.raises(TypeError, match="spacnig"):
+        sample(name, denoise, ab, x_T, spacnig="trailing")  # type: ignore[call-arg]
+
+
+def test_unknown_sampler_or_spacing_raises() -> None:
+    ab, denoise, x_T = _toy()
+    with pytest.raises(ValueError, match="'euler'.*ddpm.*ddim.*dpm_solver"):
         get_sampler("euler")
+    with pytest.raises(ValueError, match="'euler'.*ddpm.*ddim.*dpm_solver"):
+        sample("euler", denoise, ab, x_T)
+    for name in SAMPLERS:
+        with pytest.raises(ValueError, match="'uniform'.*trailing.*linspace.*leading.*linear"):
+            sample(name, denoise, ab, x_T, steps=5, spacing="uniform")
     assert get_sampler("dpm_solver") is sample_dpmpp_2m
+
+
+@pytest.mark.parametrize("name", ["ddpm", "dpm_solver"])
+def test_eta_is_for_ddim_only(name: str) -> None:
+    ab, denoise, x_T = _toy()
+    with pytest.raises(ValueError, match=f"eta=0.5 applies to 'ddim' only.*'{name}'"):
+        sample(name, denoise, ab, x_T, steps=5, eta=0.5)
+    sample(name, denoise, ab, x_T, steps=5, eta=0.0)  # the common default is fine
+    with pytest.raises(TypeError, match="eta"):
+        get_sampler(name)(denoise, ab, x_T, steps=5, eta=0.0)
+
+
+@pytest.mark.parametrize(
+    ("steps", "spacing"), [(0, None), (51, None), (-1, "leading"), (50, "linspace")]
+)
+def test_sample_rejects_bad_steps(steps: int, spacing: str | None) -> None:
+    ab, denoise, x_T = _toy()  # T = 50
+    for name in SAMPLERS:
+        with pytest.raises(ValueError, match="steps must be an integer from 1 to (50|49) for T=50"):
+            sample(name, denoise, ab, x_T, steps=steps, spacing=spacing)
