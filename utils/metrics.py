@@ -373,6 +373,254 @@ def _central_levels(levels: Sequence[float]) -> list[float]:
 
 
 # --------------------------------------------------------------------------------------
+# Joint (multivariate) scores: energy score and variogram score
+# --------------------------------------------------------------------------------------
+
+#: Per-window scores kept by ``ProbMetricAccumulator`` and returned by ``window_scores``.
+WINDOW_KEYS: tuple[str, ...] = ("crps", "energy_score", "variogram_score")
+#: Axes along which the variogram score takes its vectors (see ``variogram_score``).
+VARIOGRAM_AXES: tuple[str, ...] = ("time", "variates", "joint")
+#: float64 values per working buffer of the variogram score: small enough to stay in cache.
+_VS_BLOCK = 1 << 17
+
+
+def _window_chunk(per_window: int, max_chunk_elems: int) -> int:
+    return max(1, int(max_chunk_elems) // max(1, per_window))
+
+
+def energy_score(
+    samples: torch.Tensor, y: torch.Tensor, fair: bool = False, max_chunk_elems: int = 1 << 22
+) -> torch.Tensor:
+    """Energy score of each window's joint ensemble, ``E||X - y|| - 1/2 E||X - X'||``.
+
+    samples: (S, B, H, N) (any trailing shape); y: (B, H, N).  Returns (B,) float64.
+    The vector of a window is its whole (H*N) block, flattened; ``||.||`` is the Euclidean
+    norm. The spread term is the mean over all S^2 ordered pairs (the pairs i = j are 0), or
+    with ``fair=True`` over the S(S-1) pairs i != j (needs S >= 2) -- scoringrules'
+    ``es_ensemble`` estimators ``"nrg"`` and ``"fair"``. S = 1 gives ``||x - y||``.
+
+    Windows are processed in chunks of at most ``max_chunk_elems`` sample values (float64),
+    and the pairwise distances come from ``torch.cdist`` without the matrix-product shortcut
+    (exact: the shortcut's ``|a|^2 + |b|^2 - 2ab`` loses ~1e-6 relative in float64 after the
+    square root). Cost O(B S^2 H N); memory O(chunk * S * (H N + S)).
+    """
+    _check_samples(samples, y)
+    if samples.dim() < 2:
+        raise ValueError("samples must be (S, B, ...)")
+    s, b = samples.shape[0], samples.shape[1]
+    if fair and s < 2:
+        raise ValueError("the fair energy score needs at least 2 samples")
+    x = samples.reshape(s, b, -1)
+    yv = torch.as_tensor(y).reshape(b, -1)
+    d = x.shape[-1]
+    out = torch.empty(b, dtype=torch.float64, device=x.device)
+    chunk = _window_chunk(s * d, max_chunk_elems)
+    denom = s * (s - 1) if fair else s * s
+    for start in range(0, b, chunk):
+        xc = _f64(x[:, start : start + chunk]).transpose(0, 1)  # (c, S, D)
+        yc = _f64(yv[start : start + chunk]).to(xc.device).unsqueeze(1)  # (c, 1, D)
+        err = torch.linalg.vector_norm(xc - yc, dim=-1).mean(-1)
+        if s == 1:
+            out[start : start + chunk] = err
+            continue
+        xc = xc - xc.mean(1, keepdim=True)  # distances are shift invariant: smaller numbers
+        dist = torch.cdist(xc, xc, compute_mode="donot_use_mm_for_euclid_dist")  # (c, S, S)
+        out[start : start + chunk] = err - 0.5 * dist.sum((1, 2)) / denom
+    return out
+
+
+def _variogram_vectors(samples, y, over: str):
+    """(S, B, G, D) sample vectors and (B, G, D) observed vectors for the variogram score."""
+    if samples.dim() != 4:
+        raise ValueError("samples must be (S, B, H, N)")
+    s, b, h, n = samples.shape
+    yt = torch.as_tensor(y)
+    if over == "time":  # one vector of H steps per variate
+        return samples.transpose(2, 3), yt.transpose(1, 2)
+    if over == "variates":  # one vector of N variates per step
+        return samples, yt
+    if over == "joint":  # the whole window, H*N values (cost O(S (H N)^2) per window)
+        return samples.reshape(s, b, 1, h * n), yt.reshape(b, 1, h * n)
+    raise ValueError(f"over must be one of {VARIOGRAM_AXES}, got {over!r}")
+
+
+def _abs_pow_(t: torch.Tensor, p: float) -> torch.Tensor:
+    """In place ``|t|^p`` (sqrt / abs / square for p = 0.5 / 1 / 2)."""
+    t.abs_()
+    if p == 0.5:
+        return t.sqrt_()
+    if p == 1.0:
+        return t
+    if p == 2.0:
+        return t.mul_(t)
+    return t.pow_(p)
+
+
+def variogram_score(
+    samples: torch.Tensor,
+    y: torch.Tensor,
+    p: float = 0.5,
+    over: str = "time",
+    fair: bool = False,
+    max_chunk_elems: int = 1 << 22,
+) -> torch.Tensor:
+    """Variogram score of order p (Scheuerer & Hamill 2015) per window, unit weights.
+
+    samples: (S, B, H, N); y: (B, H, N).  Returns (B,) float64.
+
+    For one vector x of D components (ensemble members x_1..x_S) and observation y::
+
+        VS_p = sum_{i=1..D} sum_{j=1..D} ( |y_i - y_j|^p - 1/S sum_m |x_mi - x_mj|^p )^2
+
+    i.e. the sum runs over all ordered pairs (i, j) -- each unordered pair counts twice, the
+    diagonal is 0 -- which is scoringrules' ``vs_ensemble`` with ``w = None`` and estimator
+    ``"nrg"`` (twice the sum over i < j). ``fair=True`` is scoringrules' ``"fair"`` estimator
+    ``E_m||a_m - a_y||^2 - 1/2 E_{m != m'}||a_m - a_m'||^2`` over the variogram vectors
+    ``a_m = |x_mi - x_mj|^p``, computed as the ``"nrg"`` value minus
+    ``sum_m ||a_m - abar||^2 / (S (S - 1))`` (needs S >= 2).
+
+    ``over`` chooses the vectors, since the cost is O(S D^2) per vector:
+
+    * ``"time"``: per window and variate the H horizon steps (temporal dependence), D = H;
+      the N scores are summed. O(B N S H^2), e.g. 50 x 64 x 7 x 96^2 = 2e8 terms.
+    * ``"variates"``: per window and step the N variates (cross-variate dependence), D = N;
+      the H scores are summed. O(B H S N^2).
+    * ``"joint"``: the whole window, D = H N. O(B S (H N)^2): 4e8 terms per window for
+      S = 100 and H N = 2000, seconds per window; only for small blocks.
+
+    Each unordered pair is computed once (the score is symmetric in i, j), up to the small
+    diagonal blocks. Memory is bounded: the vectors are processed a chunk at a time (at
+    most ``max_chunk_elems`` sample values in float64) with working buffers of ~1e5 values.
+    """
+    _check_samples(samples, y)
+    if fair and samples.shape[0] < 2:
+        raise ValueError("the fair variogram score needs at least 2 samples")
+    p = float(p)
+    if not p > 0:
+        raise ValueError(f"p must be positive, got {p}")
+    x, yv = _variogram_vectors(samples, y, over)
+    s, b, g, d = x.shape
+    x = x.reshape(s, b * g, d)
+    yv = yv.reshape(b * g, d)
+    total = torch.zeros(b * g, dtype=torch.float64, device=x.device)
+    # Only the upper block triangle is computed: row block [r0, r1) against columns [r0, D).
+    # Its off-diagonal part (columns >= r1) stands for both orders (i, j) and (j, i), the
+    # diagonal block [r0, r1)^2 holds both orders already: weight 2 and 1. Buffers (m, r, .)
+    # of about _VS_BLOCK values; rows per block ~D/8 (about 56% of the D^2 terms computed).
+    rows = max(1, min(-(-d // 8), _VS_BLOCK // d))
+    m = max(1, _VS_BLOCK // (rows * d))
+    m = min(m, _window_chunk(s * d, max_chunk_elems))
+    for v0 in range(0, b * g, m):
+        xc = _f64(x[:, v0 : v0 + m])  # (S, m, D)
+        yc = _f64(yv[v0 : v0 + m]).to(xc.device)  # (m, D)
+        mc = xc.shape[1]
+        for r0 in range(0, d, rows):
+            r1 = min(d, r0 + rows)
+            obs = _abs_pow_(yc[:, r0:r1, None] - yc[:, None, r0:], p)  # (m, r, D - r0)
+            buf = torch.empty_like(obs)
+            mean = torch.zeros_like(obs)
+            for k in range(s):
+                torch.sub(xc[k, :, r0:r1, None], xc[k, :, None, r0:], out=buf)
+                mean += _abs_pow_(buf, p)
+            mean /= s
+            sq = (obs - mean).square_()
+            if fair:
+                var = torch.zeros_like(obs)
+                for k in range(s):
+                    torch.sub(xc[k, :, r0:r1, None], xc[k, :, None, r0:], out=buf)
+                    var += _abs_pow_(buf, p).sub_(mean).square_()
+                sq -= var.div_(s * (s - 1))
+            diag = sq[:, :, : r1 - r0].sum((1, 2))
+            total[v0 : v0 + mc] += 2.0 * sq.sum((1, 2)) - diag
+    return total.reshape(b, g).sum(1)
+
+
+def window_scores(
+    samples: torch.Tensor, y: torch.Tensor, p: float = 0.5, over: str = "time"
+) -> dict[str, torch.Tensor]:
+    """Per-window scores of an ensemble, for paired comparisons between methods.
+
+    samples: (S, B, H, N); y: (B, H, N).  Returns a dict of (B,) float64 tensors:
+    ``crps`` (the window's mean standard CRPS over its H*N values), ``energy_score``
+    (standard, over the flattened H*N block) and ``variogram_score`` (order ``p`` along
+    ``over``, see ``variogram_score``). The mean of ``crps`` over windows is the reported
+    CRPS, and likewise for the other two.
+    """
+    _check_samples(samples, y)
+    return {
+        "crps": crps_ensemble(samples, y).flatten(1).mean(1),
+        "energy_score": energy_score(samples, y),
+        "variogram_score": variogram_score(samples, y, p=p, over=over),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Paired significance: moving-block bootstrap of a relative difference
+# --------------------------------------------------------------------------------------
+
+
+def default_block_length(n: int) -> int:
+    """``round(n^(1/3))``, at least 1: the rate-optimal block length order for variance and
+    distribution estimation with the moving-block bootstrap (Hall, Horowitz & Jing 1995)."""
+    return max(1, int(round(n ** (1.0 / 3.0))))
+
+
+def block_bootstrap_ci(
+    a,
+    b,
+    block: int | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    circular: bool = False,
+) -> tuple[float, float, float]:
+    """Relative difference ``mean(a) / mean(b) - 1`` with a moving-block bootstrap interval.
+
+    a, b: (W,) paired per-window scores (lower is better) of two methods on the same windows,
+    in time order.  Returns ``(rel, low, high)``: the estimate from the data and the
+    percentile interval at ``level``.
+
+    Moving-block bootstrap (Kuensch 1989): each replicate concatenates ``ceil(W / block)``
+    blocks of ``block`` consecutive windows whose starts are uniform on 0..W-block (not
+    circular; ``circular=True`` wraps the series instead, Politis & Romano 1992), truncated to
+    W windows; a and b are resampled with the same indices (paired), so the correlation
+    between the methods and the serial dependence of overlapping windows are both kept.
+    ``block=None`` uses ``default_block_length(W) = round(W^(1/3))``; ``block=1`` is the
+    i.i.d. bootstrap. Percentile interval: the linear-interpolation quantiles
+    ``(1 -+ level) / 2`` of the replicates.
+    """
+    a = _f64(a).reshape(-1).cpu()
+    b = _f64(b).reshape(-1).cpu()
+    n = a.numel()
+    if b.numel() != n or n < 2:
+        raise ValueError("a and b must be paired 1-D arrays with at least 2 entries")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    mean_b = float(b.mean())
+    if mean_b == 0.0:
+        raise ValueError("mean(b) is 0: the relative difference is undefined")
+    rel = float(a.mean()) / mean_b - 1.0
+    block = default_block_length(n) if block is None else int(block)
+    if not 1 <= block <= n:
+        raise ValueError(f"block must lie in [1, {n}], got {block}")
+    k = -(-n // block)  # blocks per replicate
+    n_start = n if circular else n - block + 1
+    g = torch.Generator().manual_seed(int(seed))
+    offsets = torch.arange(block)
+    reps = torch.empty(int(n_boot), dtype=torch.float64)
+    per = max(1, (1 << 22) // (k * block))  # replicates per step: bounded index memory
+    for r0 in range(0, int(n_boot), per):
+        r1 = min(int(n_boot), r0 + per)
+        starts = torch.randint(0, n_start, (r1 - r0, k), generator=g)
+        idx = (starts.unsqueeze(-1) + offsets).reshape(r1 - r0, -1)[:, :n]
+        if circular:
+            idx = idx % n
+        reps[r0:r1] = a[idx].mean(1) / b[idx].mean(1) - 1.0
+    low, high = quantiles_from_sorted(torch.sort(reps).values, _central_bounds(level)).tolist()
+    return rel, low, high
+
+
+# --------------------------------------------------------------------------------------
 # Streaming accumulator
 # --------------------------------------------------------------------------------------
 
@@ -385,6 +633,16 @@ class ProbMetricAccumulator:
     most ``max_chunk_elems`` sample values (memory bound for large N x S).
     ``crps_fair`` is NaN if any sample batch had S = 1 (undefined); for Gaussian / point
     mass updates it equals the exact CRPS.
+
+    Joint scores: every sample batch also adds each window's ``energy_score`` (standard
+    estimator, over the window's H*N block) and ``variogram_score`` (order
+    ``variogram_p`` along ``variogram_over``, see :func:`variogram_score`); ``compute()``
+    reports their means over windows. ``update_gaussian`` has them exactly for point-mass
+    windows (sigma = 0 everywhere in the window) and NaN otherwise (no closed form: sample
+    the Gaussian, e.g. ``utils.baselines.sample_gaussian``, and use ``update_samples``).
+    ``joint_scores=False`` skips their cost and reports NaN. ``per_window()`` returns the
+    per-window ``crps`` / ``energy_score`` / ``variogram_score`` in update (= batch) order,
+    for paired bootstrap comparisons (:func:`block_bootstrap_ci`).
     """
 
     def __init__(
@@ -392,7 +650,15 @@ class ProbMetricAccumulator:
         quantile_levels: Sequence[float] = QUANTILE_LEVELS,
         reliability_levels: Sequence[float] = RELIABILITY_LEVELS,
         max_chunk_elems: int = 1 << 24,
+        joint_scores: bool = True,
+        variogram_p: float = 0.5,
+        variogram_over: str = "time",
     ):
+        if variogram_over not in VARIOGRAM_AXES:
+            raise ValueError(f"variogram_over must be one of {VARIOGRAM_AXES}")
+        self.joint_scores = bool(joint_scores)
+        self.variogram_p = float(variogram_p)
+        self.variogram_over = variogram_over
         self.qlv = tuple(float(q) for q in quantile_levels)
         self.rlv = tuple(float(r) for r in reliability_levels)
         for need in (0.5, 0.9):
@@ -404,6 +670,7 @@ class ProbMetricAccumulator:
         self.s: dict[str, torch.Tensor] | None = None
         self.n_windows = 0
         self._hn: tuple[int, int] | None = None
+        self.w: dict[str, list[torch.Tensor]] = {k: [] for k in WINDOW_KEYS}
 
     # ---- state ----------------------------------------------------------------------
     def _add(self, key: str, value: torch.Tensor) -> None:
@@ -415,9 +682,9 @@ class ProbMetricAccumulator:
         else:
             self.s[key] = value.clone()
 
-    def _update(self, point, y, crps, crps_fair, q, q_sum, y_sum, std) -> None:
+    def _update(self, point, y, crps, crps_fair, q, q_sum, y_sum, std, es, vs) -> None:
         """Add one batch. point/y/crps/crps_fair/std: (B,H,N); q: (Q+2R,B,H,N);
-        q_sum: (Q,B,H) quantiles of the variate sum; y_sum: (B,H)."""
+        q_sum: (Q,B,H) quantiles of the variate sum; y_sum: (B,H); es, vs: (B,)."""
         nq = len(self.qlv)
         err = point - y
         b, h, n = y.shape
@@ -439,6 +706,10 @@ class ProbMetricAccumulator:
         lo, hi = q[nq::2], q[nq + 1 :: 2]
         self._add("cov", coverage_from_quantiles(lo, hi, y).flatten(1).sum(1).to(torch.float64))
         self._add("width", (hi - lo).flatten(1).sum(1))
+        self._add("es", es.sum())
+        self._add("vs", vs.sum())
+        for key, value in zip(WINDOW_KEYS, (crps.flatten(1).mean(1), es, vs)):
+            self.w[key].append(value.detach().to(torch.float64).cpu())
         self.n_windows += b
         self._hn = (h, n)
 
@@ -468,6 +739,7 @@ class ProbMetricAccumulator:
             yc = _f64(y[start : start + chunk]).to(xs.device)
             crps = crps_from_sorted(xs, yc)
             fair = crps_from_sorted(xs, yc, fair=True) if s_ > 1 else torch.full_like(yc, np.nan)
+            es, vs = self._joint(raw, yc)
             self._update(
                 point=xs.mean(0),
                 y=yc,
@@ -477,7 +749,19 @@ class ProbMetricAccumulator:
                 q_sum=quantiles_from_sorted(xsum, self.qlv),
                 y_sum=yc.sum(-1),
                 std=sample_std(xs),
+                es=es,
+                vs=vs,
             )
+
+    def _joint(self, samples: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(energy score, variogram score) per window, (B,) each; NaN when disabled."""
+        if not self.joint_scores:
+            nan = torch.full((y.shape[0],), np.nan, dtype=torch.float64, device=y.device)
+            return nan, nan.clone()
+        kw = {"max_chunk_elems": self.max_chunk_elems}
+        es = energy_score(samples, y, **kw)
+        vs = variogram_score(samples, y, self.variogram_p, self.variogram_over, **kw)
+        return es, vs
 
     def update_gaussian(self, mu: torch.Tensor, sigma, y: torch.Tensor) -> None:
         """mu, y: (B, H, N); sigma broadcastable to mu, e.g. (H, N); sigma = 0 -> point mass."""
@@ -487,6 +771,11 @@ class ProbMetricAccumulator:
         yc = _f64(y).to(mu.device)
         crps = crps_gaussian(mu, sigma, yc)
         mu_s, sigma_s = gaussian_sum_params(mu, sigma)
+        # joint scores: exact for point-mass windows (a one-member ensemble), else NaN
+        es, vs = self._joint(mu.unsqueeze(0), yc)
+        point_mass = (sigma == 0).flatten(1).all(1)
+        es = torch.where(point_mass, es, np.nan)
+        vs = torch.where(point_mass, vs, np.nan)
         self._update(
             point=mu,
             y=yc,
@@ -496,12 +785,18 @@ class ProbMetricAccumulator:
             q_sum=gaussian_quantiles(mu_s, sigma_s, self.qlv),
             y_sum=yc.sum(-1),
             std=sigma,
+            es=es,
+            vs=vs,
         )
 
     # ---- combining ------------------------------------------------------------------
     def state(self) -> dict:
-        """The sums and counts so far (small tensors): what ``merge`` adds to another."""
-        return {"s": self.s, "n_windows": self.n_windows, "hn": self._hn}
+        """The sums and counts so far (small tensors) and the per-window scores (B,) each:
+        what ``merge`` adds to another."""
+        w = {
+            k: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64) for k, v in self.w.items()
+        }
+        return {"s": self.s, "n_windows": self.n_windows, "hn": self._hn, "w": w}
 
     def merge(self, state: dict) -> None:
         """Add another accumulator's ``state()``; merging per-batch states in batch order gives
@@ -512,6 +807,8 @@ class ProbMetricAccumulator:
             raise ValueError(f"(H, N) differ: {self._hn} vs {tuple(state['hn'])}")
         for key, value in state["s"].items():
             self._add(key, value)
+        for key, value in state.get("w", {}).items():
+            self.w.setdefault(key, []).append(value)
         self.n_windows += state["n_windows"]
         self._hn = tuple(state["hn"]) if state["hn"] is not None else self._hn
 
@@ -545,5 +842,15 @@ class ProbMetricAccumulator:
             "crps_per_step": (s["crps_step"] / (b * nv)).tolist(),
             "crps_per_variate": (s["crps_var"] / (b * h)).tolist(),
             "mse_per_variate": (s["se_var"] / (b * h)).tolist(),
+            "energy_score": float(s["es"]) / b,
+            "variogram_score": float(s["vs"]) / b,
             "n_windows": self.n_windows,
+        }
+
+    def per_window(self) -> dict[str, np.ndarray]:
+        """Per-window ``crps`` (mean over H*N), ``energy_score`` and ``variogram_score``,
+        (W,) float64 each, in the order the batches were added / merged."""
+        return {
+            k: torch.cat(v).numpy() if v else np.zeros(0, dtype=np.float64)
+            for k, v in self.w.items()
         }
