@@ -14,9 +14,9 @@ import torch
 from data_provider.data_factory import resolve_dimensions
 from data_provider.data_loader import DataError
 from exp import get_exp_class
-from exp.exp_basic import CheckpointError, set_seed, setting_name
+from exp.exp_basic import CheckpointError, check_same_data, set_seed, setting_name
 from utils import distributed
-from utils.args import parse_args
+from utils.args import build_parser, parse_args
 
 log = logging.getLogger("tsdiff")
 
@@ -50,16 +50,26 @@ def run_setting(exp, args, setting: str) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     args = parse_args(argv)
+    if args.summarize is not None:  # print the table of earlier runs and stop: no training
+        from utils import summarize
+
+        given = args.results != build_parser().get_default("results")  # --results X
+        folder = args.summarize or (args.results if given else summarize.default_results_dir())
+        if summarize.main([folder]):
+            raise SystemExit(1)  # it said why: no folder, or no run in it
+        return {}
     distributed.setup(args)
     if not distributed.is_main():
         logging.getLogger("tsdiff").setLevel(logging.WARNING)  # rank 0 speaks for all
-    resolve_dimensions(args)
+    resolve_dimensions(args)  # reads and checks the whole CSV: bad data stops the run here
     Exp = get_exp_class(args.task_name)
     metrics = {}
     for ii in range(args.itr):
+        setting = setting_name(args, ii)
+        if args.is_training:
+            check_same_data(args, setting)  # never train over another data file's checkpoint
         set_seed(args.seed + ii)
         exp = Exp(args)
-        setting = setting_name(args, ii)
         run_log = attach_run_log(os.path.join(args.results, setting, "run.log"))
         try:
             metrics = run_setting(exp, args, setting)

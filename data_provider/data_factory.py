@@ -14,6 +14,7 @@ from data_provider.data_loader import (
     Dataset_ETT_hour,
     Dataset_ETT_minute,
     ForecastDataset,
+    read_series_csv,
 )
 
 data_dict: dict[str, type[ForecastDataset]] = {
@@ -36,6 +37,7 @@ def build_dataset(args: Namespace, flag: str) -> ForecastDataset:
         target=args.target,
         timeenc=0 if args.embed != "timeF" else 1,
         freq=args.freq,
+        missing=getattr(args, "missing", "error"),
     )
 
 
@@ -65,24 +67,32 @@ def data_provider(args: Namespace, flag: str) -> tuple[ForecastDataset, DataLoad
     return dataset, loader
 
 
-def csv_columns(args: Namespace) -> list[str]:
-    """Header of the CSV (without reading the rows)."""
-    path = os.path.join(args.root_path, args.data_path)
-    if not os.path.isfile(path):
-        raise DataError(f"data file not found: {path} (check --root_path and --data_path)")
-    try:
-        return list(pd.read_csv(path, nrows=0).columns)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"cannot read {path} as CSV: {e}") from e
+def data_file(args: Namespace) -> str:
+    """The CSV a run reads: ``--root_path`` joined with ``--data_path``."""
+    return os.path.join(args.root_path, args.data_path)
+
+
+def check_data(args: Namespace) -> pd.DataFrame:
+    """Read and check the whole CSV exactly as the datasets will (the same reader, target and
+    ``--missing``), and that every split holds a window; logs the cells ``--missing`` filled.
+
+    Raises the DataError the datasets would raise, before anything is built or trained.
+    """
+    cls = data_dict[args.data]
+    path = data_file(args)
+    target = args.target if cls.needs_target(args.features) else None
+    df = read_series_csv(path, target, getattr(args, "missing", "error"), report=True)
+    cls.check_split_lengths(path, len(df), args.seq_len, args.pred_len)
+    return df
 
 
 def resolve_dimensions(args: Namespace) -> None:
-    """Fill ``enc_in/dec_in/c_out`` from the CSV header; a contradicting value is an error."""
-    columns = csv_columns(args)
-    if "date" not in columns:
-        path = os.path.join(args.root_path, args.data_path)
-        raise DataError(f"{path} has no 'date' column; its columns are {columns}")
+    """Check the CSV (:func:`check_data`), then fill ``enc_in/dec_in/c_out`` from its columns;
+    a contradicting value is an error. Also records ``data_columns`` and the absolute
+    ``data_file``, which checkpoints keep."""
+    columns = list(check_data(args).columns)
     args.data_columns = columns  # stored in checkpoints: a model is tied to its variates
+    args.data_file = os.path.realpath(data_file(args))  # ... and to the file it learnt from
     n = len(columns) - 1
     derived = {
         "enc_in": 1 if args.features == "S" else n,

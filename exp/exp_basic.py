@@ -6,8 +6,10 @@ import importlib
 import logging
 import os
 import random
+import re
 from argparse import Namespace
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,13 +59,86 @@ def cpu_supports(amp_dtype: str) -> bool:
 
 
 def setting_name(args: Namespace, ii: int) -> str:
-    """TSLib-style run name; the folder under --checkpoints, --results and --test_results."""
+    """TSLib-style run name; the folder under --checkpoints, --results and --test_results.
+
+    TSLib's name with the data file's stem after ``--data`` (``custom_weather``), so that two
+    CSVs never share a folder; the stem is left out where it equals ``--data`` (``ETTh1`` with
+    ETTh1.csv keeps TSLib's name).
+    """
     return (
-        f"{args.task_name}_{args.model_id}_{args.model}_{args.data}_ft{args.features}"
+        f"{args.task_name}_{args.model_id}_{args.model}_{data_label(args)}_ft{args.features}"
         f"_sl{args.seq_len}_ll{args.label_len}_pl{args.pred_len}_dm{args.d_model}"
         f"_nh{args.n_heads}_el{args.e_layers}_df{args.d_ff}_fc{args.factor}"
         f"_eb{args.embed}_{args.des}_{ii}"
     )
+
+
+def data_label(args: Namespace) -> str:
+    """``--data``, then the data file's stem unless it is the same (characters other than
+    letters, digits, ``.``, ``_`` and ``-`` become ``-``)."""
+    stem = re.sub(r"[^\w.-]", "-", Path(args.data_path).stem)
+    return args.data if stem in ("", args.data) else f"{args.data}_{stem}"
+
+
+#: The checkpoints of one setting that training overwrites (or --resume continues).
+TRAINING_CHECKPOINTS = ("checkpoint.pth", "checkpoint_last.pth")
+
+
+def check_same_data(args: Namespace, setting: str) -> None:
+    """Refuse to train over a checkpoint of this setting that was built from another data file
+    (another absolute path, or other columns), unless ``--overwrite``. Checkpoints of the same
+    file (a re-run) and unreadable ones pass: training replaces them."""
+    now_file, now_columns = _data_identity(vars(args))
+    for name in TRAINING_CHECKPOINTS:
+        path = os.path.join(args.checkpoints, setting, name)
+        saved = _saved_args(path)
+        if saved is None:
+            continue
+        then_file, then_columns = _data_identity(saved)
+        other_file = then_file is not None and then_file != now_file
+        other_columns = None not in (then_columns, now_columns) and then_columns != now_columns
+        if not (other_file or other_columns):
+            continue
+        if other_file:
+            what = f"{path} was built from {then_file}, not from {now_file}"
+        else:
+            what = (
+                f"{path} was built from {then_file} when its columns were {then_columns}, "
+                f"not {now_columns}"
+            )
+        if not getattr(args, "overwrite", False):
+            raise CheckpointError(
+                f"{what}; training would overwrite it, so give this run its own --model_id or "
+                "--checkpoints, or add --overwrite to replace it"
+            )
+        if name == "checkpoint_last.pth" and getattr(args, "resume", False):
+            raise CheckpointError(f"{what}, and --resume would continue it; leave --resume out")
+        log.warning("--overwrite: %s; replacing it", what)
+
+
+def _saved_args(path: str) -> dict[str, Any] | None:
+    """The arguments stored in a checkpoint, or None where there is no readable one."""
+    if not os.path.isfile(path):
+        return None
+    state = None
+    for mmap in (True, False):  # mmap: the weights are not read
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            break
+        except Exception:  # truncated or foreign: training replaces it, nothing to protect
+            continue
+    saved = state.get("args") if isinstance(state, dict) else None
+    return saved if isinstance(saved, dict) else None
+
+
+def _data_identity(args: dict[str, Any]) -> tuple[str | None, list | None]:
+    """(absolute path of the data file, its columns) of a run's arguments; a checkpoint
+    without ``data_file`` has its relative paths resolved from the current folder."""
+    path = args.get("data_file")
+    if path is None and args.get("data_path") is not None:
+        path = os.path.realpath(os.path.join(args.get("root_path") or "", args["data_path"]))
+    columns = args.get("data_columns")
+    return path, (list(columns) if columns is not None else None)
 
 
 class Exp_Basic:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from sklearn.preprocessing import StandardScaler
 
-from data_provider.data_factory import data_provider, resolve_dimensions
+from data_provider.data_factory import check_data, data_provider, resolve_dimensions
 from data_provider.data_loader import (
     DataError,
     Dataset_Custom,
     Dataset_ETT_hour,
     Dataset_ETT_minute,
+    read_series_csv,
 )
 from utils.args import parse_args
 
@@ -200,8 +203,142 @@ def test_custom_inverse_transform_round_trips(tmp_path, synthetic_csv):
 def test_custom_too_short_is_a_clear_error(tmp_path, synthetic_csv):
     # 30 rows: train 21, test 6, val 3 (+ 8 lookback rows) = 11 < 8 + 4
     path = synthetic_csv(tmp_path, n_rows=30, n_cols=2)
-    with pytest.raises(DataError, match=r"val split has 11 rows .* seq_len \+ pred_len = 8 \+ 4"):
+    with pytest.raises(DataError) as info:
         _custom(path, "train", size=(8, 4, 4))
+    message = str(info.value)
+    assert re.search(r"val split has 11 rows .* seq_len \+ pred_len = 8 \+ 4", message)
+    # the message states the rule: 7:1:2, train L + H rows, val and test H rows each
+    assert "7:1:2" in message and "train needs seq_len + pred_len rows" in message
+    assert "val and test pred_len rows each" in message
+    assert "at least 31 rows" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("seq_len", "pred_len"), [(8, 4), (24, 12), (96, 96), (16, 30)])
+def test_custom_split_rule(seq_len, pred_len):
+    """The rule the message states is the rule the borders apply: from min_rows on, every
+    length gives each split a window (train L + H rows, val and test H rows beyond their L
+    lookback rows); min_rows - 1 rows do not."""
+    n_min = Dataset_Custom.min_rows(seq_len, pred_len)
+
+    def fits(n):
+        try:
+            Dataset_Custom.check_split_lengths("x.csv", n, seq_len, pred_len)
+        except DataError:
+            return False
+        return True
+
+    def rule(n):
+        train, test = int(n * 0.7), int(n * 0.2)
+        return train >= seq_len + pred_len and n - train - test >= pred_len and test >= pred_len
+
+    assert not fits(n_min - 1)
+    for n in range(max(n_min - 40, 1), n_min + 40):
+        assert fits(n) == rule(n), n
+        assert fits(n) or n < n_min, n
+
+
+# ---- missing values -------------------------------------------------------------------------
+
+
+def _csv(tmp_path, text, name="gaps.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+GAPS = (  # a: two holes (one leading), b: 'NaN' text and an empty cell, c: one at the end
+    "date,a,b,c\n"
+    "2020-01-01,,1,10\n"
+    "2020-01-02,2,NaN,20\n"
+    "\n"  # a blank line: pandas skips it, the line numbers count it
+    "2020-01-03,,4,30\n"
+    "2020-01-04,8,,40\n"
+    "2020-01-05,10,5,\n"
+)
+
+
+def test_missing_cell_is_an_error_naming_column_line_count_and_flags(tmp_path):
+    path = _csv(tmp_path, GAPS)
+    with pytest.raises(DataError) as info:
+        read_series_csv(str(path))
+    message = str(info.value)
+    assert message.startswith(f"{path}: column 'a' has a missing value (nan) on line 2:")
+    assert "the cell is EMPTY" in message
+    assert "5 cells are missing in all ('a' 2, 'b' 2, 'c' 1)" in message
+    assert "--missing interpolate" in message and "--missing ffill" in message
+    assert "\n" not in message
+
+
+def test_missing_nan_text_and_line_numbers_after_blank_lines(tmp_path):
+    # 'b' on data row 1 reads NaN; rows after the blank line are one line further down
+    path = _csv(tmp_path, GAPS.replace("2020-01-01,,1", "2020-01-01,1,1"))
+    with pytest.raises(DataError) as info:
+        read_series_csv(str(path), missing="error")
+    message = str(info.value)
+    assert "column 'b' has a missing value (nan) on line 3: the cell reads 'NaN'" in message
+    assert "4 cells are missing in all" in message
+    only = _csv(tmp_path, "date,a\n2020-01-01,1\n\n2020-01-02,\n2020-01-03,3\n", "one.csv")
+    with pytest.raises(
+        DataError, match=r"'a' has a missing value \(nan\) on line 4: .*EMPTY; it is"
+    ):
+        read_series_csv(str(only))
+
+
+def test_interpolate_fills_linearly_per_column(tmp_path):
+    df = read_series_csv(str(_csv(tmp_path, GAPS)), missing="interpolate")
+    # a: leading gap from the nearest value, 2 → 8 across one hole; b: 1 → 4 and 4 → 5;
+    # c: the trailing gap from the nearest value
+    np.testing.assert_array_equal(df["a"], [2.0, 2.0, 5.0, 8.0, 10.0])
+    np.testing.assert_array_equal(df["b"], [1.0, 2.5, 4.0, 4.5, 5.0])
+    np.testing.assert_array_equal(df["c"], [10.0, 20.0, 30.0, 40.0, 40.0])
+    assert len(df) == 5 and list(df["date"].dt.day) == [1, 2, 3, 4, 5]  # rows as they were
+
+
+def test_ffill_carries_the_previous_value(tmp_path):
+    df = read_series_csv(str(_csv(tmp_path, GAPS)), missing="ffill")
+    np.testing.assert_array_equal(df["a"], [2.0, 2.0, 2.0, 8.0, 10.0])  # leading gap back-filled
+    np.testing.assert_array_equal(df["b"], [1.0, 1.0, 4.0, 4.0, 5.0])
+    np.testing.assert_array_equal(df["c"], [10.0, 20.0, 30.0, 40.0, 40.0])
+
+
+@pytest.mark.parametrize("missing", ["error", "interpolate", "ffill"])
+def test_text_and_infinity_stay_errors_in_every_mode(tmp_path, missing):
+    text = _csv(tmp_path, GAPS.replace("2020-01-04,8,", "2020-01-04,eight,"), "text.csv")
+    with pytest.raises(DataError) as info:
+        read_series_csv(str(text), missing=missing)
+    assert "column 'a' has the non-numeric value 'eight' on line 6" in str(info.value)
+    inf = _csv(tmp_path, GAPS.replace("2020-01-04,8,", "2020-01-04,-inf,"), "inf.csv")
+    with pytest.raises(DataError, match="column 'a' has the infinite value '-inf' on line 6"):
+        read_series_csv(str(inf), missing=missing)
+
+
+def test_a_column_without_any_number_cannot_be_filled(tmp_path):
+    path = _csv(tmp_path, "date,a,b\n2020-01-01,1,\n2020-01-02,2,NaN\n")
+    with pytest.raises(DataError, match="column 'b' has no number at all"):
+        read_series_csv(str(path), missing="interpolate")
+
+
+def test_check_data_logs_the_filled_cells_and_datasets_fill_alike(
+    tmp_path, tiny_args, synthetic_csv, caplog
+):
+    path = synthetic_csv(tmp_path, n_rows=60, n_cols=3)
+    frame = pd.read_csv(path)
+    frame.loc[[5, 6], "x1"] = np.nan
+    frame.loc[40, "y"] = np.nan
+    frame.to_csv(path, index=False)
+    argv = dict(data="custom", root_path=str(tmp_path), data_path=path.name, target="y")
+    argv.update(seq_len=8, label_len=4, pred_len=4)
+    with pytest.raises(DataError, match="3 cells are missing in all"):
+        check_data(parse_args(tiny_args(tmp_path, **argv)))
+    args = parse_args(tiny_args(tmp_path, **argv, missing="interpolate"))
+    with caplog.at_level("INFO", logger="tsdiff"):
+        resolve_dimensions(args)
+    assert f"--missing interpolate filled 3 cells of {path}: 'y' 1, 'x1' 2" in caplog.text
+    expected = frame[["x1", "x2", "y"]].interpolate(method="linear", limit_direction="both")
+    dataset, _ = data_provider(args, "train")
+    raw = dataset.inverse_transform(dataset.data_x)  # rows 0..41 of the train split
+    np.testing.assert_allclose(raw, expected.to_numpy()[: len(raw)], rtol=1e-5)
+    assert np.isfinite(dataset.data_x).all()
 
 
 # ---- loaders --------------------------------------------------------------------------------
@@ -272,6 +409,9 @@ def test_resolve_dimensions_custom(tiny_args, tmp_path, synthetic_csv, features,
         data_path=path.name,
         target="y",
         features=features,
+        seq_len=8,
+        label_len=4,
+        pred_len=4,
     )
     assert (args.enc_in, args.dec_in, args.c_out) == dims
 

@@ -210,7 +210,7 @@ def _custom_inverse_run(tmp_path, tiny_args, synthetic_csv, features):
         inverse=True,
     )
     metrics = run.main(argv)
-    setting = f"long_term_forecast_test_iTransformer_custom_ft{features}_sl16_ll8_pl4" + (
+    setting = f"long_term_forecast_test_iTransformer_custom_synthetic_ft{features}_sl16_ll8_pl4" + (
         "_dm16_nh2_el1_df16_fc1_ebtimeF_test_0"
     )
     raw = pd.read_csv(path)[["x1", "x2", "y"]].to_numpy()
@@ -251,6 +251,7 @@ def test_select_device_falls_back_to_cpu(monkeypatch):
     )
 
 
-def test_run_used_the_cpu(trained):
-    assert not torch.cuda.is_available()
-    assert "Use cpu" in trained.proc.stdout
+def test_run_used_the_default_device(trained):
+    # no --use_gpu flag: CUDA where the machine has it, else the CPU without being asked
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert f"Use {expected}" in trained.proc.stdout

@@ -199,3 +199,78 @@ def test_baseline_rows_and_column_subset(results, capsys):
     assert "iTransformer+Gaussian,weather,0.2700" in lines
     with pytest.raises(SystemExit):
         main([str(results), "--columns", "model,bogus"])
+
+
+# ---- settings with the data file's stem, and running from anywhere ----------------------------
+
+
+def test_parse_setting_with_the_data_files_stem(tmp_path):
+    stem = DIFF.replace("_custom_ftM_", "_custom_co2_weekly_ftM_")
+    p = parse_setting(stem)
+    assert (p["model_id"], p["model"], p["data"], p["stem"]) == (
+        "weather_96",
+        "iTransformerDiffusion",
+        "custom",
+        "co2_weekly",
+    )
+    assert (p["features"], p["pred_len"]) == ("M", 96)
+    other_ett = LTF.replace("_ETTh1_ftM_", "_ETTh1_ETTh2_ftM_")
+    assert (parse_setting(other_ett)["data"], parse_setting(other_ett)["stem"]) == (
+        "ETTh1",
+        "ETTh2",
+    )
+    assert parse_setting(LTF)["stem"] is None
+    # the table shows the file's stem
+    root = tmp_path / "results"
+    (root / stem).mkdir(parents=True)
+    np.save(root / stem / "metrics.npy", np.array([0.4, 0.3, 0.5, 1.0, 1.0]))
+    (row,) = collect(root)
+    assert (row["data"], row["horizon"]) == ("co2_weekly", 96)
+
+
+def test_default_results_dir_does_not_depend_on_the_folder(tmp_path, monkeypatch, repo_root):
+    from utils.summarize import default_results_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert default_results_dir() == str(repo_root / "results")  # nothing here: the repo's
+    (tmp_path / "results").mkdir()
+    assert default_results_dir() == "results"  # where run.py, started here, writes
+
+
+def test_run_py_summarize_in_process(results, capsys, tmp_path, monkeypatch):
+    import run
+
+    # were --summarize ignored, this would train: make that fail fast, and write nothing here
+    monkeypatch.chdir(tmp_path)
+    nowhere = ["--root_path", str(tmp_path / "nowhere")]
+    assert run.main(["--summarize", str(results), *nowhere]) == {}
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("| setting") and DIFF in out and LTF in out
+    assert "Args:" not in out
+    with pytest.raises(SystemExit) as info:
+        run.main(["--summarize", str(results / "missing"), *nowhere])
+    assert info.value.code == 1
+
+
+def test_summarize_from_another_folder(results, repo_root, tmp_path):
+    """``python /abs/run.py --summarize`` and ``python /abs/utils/summarize.py`` from a folder
+    outside the repository, without PYTHONPATH; run.py's default is ./results/ there."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    (work / "results").symlink_to(results, target_is_directory=True)
+    for argv in (
+        [repo_root / "run.py", "--summarize"],
+        [repo_root / "utils" / "summarize.py", results, "--format", "csv"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, *map(str, argv)],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert DIFF in proc.stdout and LTF in proc.stdout

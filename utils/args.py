@@ -8,11 +8,15 @@ the CSV's own dimensions, and every output folder comes from an argument.
 from __future__ import annotations
 
 import argparse
+import logging
 
 from data_provider.data_factory import DATA_CHOICES
+from data_provider.data_loader import MISSING_MODES
 from exp import TASK_REGISTRY
 from models import MODEL_REGISTRY
 from utils.tools import LRADJ_CHOICES
+
+log = logging.getLogger("tsdiff")
 
 
 def add_basic_args(p: argparse._ArgumentGroup) -> None:
@@ -66,6 +70,14 @@ def add_data_args(p: argparse._ArgumentGroup) -> None:
         choices=("timeF", "fixed", "learned"),
         help="time-feature encoding: timeF = continuous calendar features",
     )
+    p.add_argument(
+        "--missing",
+        default="error",
+        choices=MISSING_MODES,
+        help="empty or NaN cells in the CSV: error (name the first one), interpolate (linear "
+        "in row order per column, the ends from the nearest value) or ffill (the previous "
+        "row's value, a leading gap from the first value); text is always an error",
+    )
 
 
 def add_output_args(p: argparse._ArgumentGroup) -> None:
@@ -76,6 +88,21 @@ def add_output_args(p: argparse._ArgumentGroup) -> None:
         "--result_file",
         default=None,
         help="text log appended after each test (default: result_<task_name>.txt)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train even where --checkpoints already holds this setting's checkpoint of "
+        "another data file (it is replaced); without it such a run is refused",
+    )
+    p.add_argument(
+        "--summarize",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="RESULTS_DIR",
+        help="print the table of every run under RESULTS_DIR (default: --results where given, "
+        "else ./results/ where it exists, else the repository's results/) and exit",
     )
 
 
@@ -342,6 +369,8 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
 
 
 ARG_GROUPS["diffusion"] = add_diffusion_args
+#: Below this many samples per window, --center_samples 1 draws a warning.
+FEW_SAMPLES = 20
 
 
 def check_diffusion_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -362,3 +391,15 @@ def check_diffusion_args(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error(f"--unet_channels must be comma-separated integers, got {args.unet_channels}")
     if not channels or min(channels) < 1:
         parser.error(f"--unet_channels must be positive integers, got {args.unet_channels}")
+    if (
+        args.task_name == "diffusion_forecast"
+        and args.center_samples
+        and args.n_samples < FEW_SAMPLES
+        and getattr(args, "summarize", None) is None
+    ):
+        log.warning(
+            "--center_samples 1 with only --n_samples %d: centring shifts the samples by their "
+            "own mean, which makes so few samples depend on each other; use --n_samples %d or "
+            "more, or --center_samples 0",
+            args.n_samples, FEW_SAMPLES,
+        )  # fmt: skip

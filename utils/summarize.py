@@ -3,13 +3,19 @@
 Usage::
 
     python -m utils.summarize [RESULTS_DIR] [--format markdown|csv|latex] [--sort COLUMN]
+    python path/to/utils/summarize.py [RESULTS_DIR] ...      # from any folder
+    python path/to/run.py --summarize [RESULTS_DIR]          # the same table
+
+RESULTS_DIR defaults to ./results/ where the current folder has one (run.py writes there), else
+the repository's own results/.
 
 A run folder is any folder (at any depth) holding ``metrics.json`` (a ``diffusion_forecast``
 run: point and probabilistic metrics, sampler, baselines) or only ``metrics.npy`` (a
 ``long_term_forecast`` run: ``[mae, mse, rmse, mape, mspe]``, so only MSE and MAE are filled).
 Model, data and horizon come from the folder name (the TSLib setting
-``<task>_<model_id>_<model>_<data>_ft<features>_sl<L>_ll<l>_pl<H>_...``); for ``custom`` data the
-stem of ``metrics.json``'s ``data_path`` is used instead (``weather.csv`` → ``weather``).
+``<task>_<model_id>_<model>_<data>[_<file stem>]_ft<features>_sl<L>_ll<l>_pl<H>_...``); the data
+column shows the file's stem where the name has one (``custom_weather`` → ``weather``), and for
+older ``custom`` names without it the stem of ``metrics.json``'s ``data_path``.
 Metrics are those of ``metrics.json``: normalised units, except CRPS_norm (original units).
 
 ``collect(results_dir) -> list[dict]`` and ``render(rows, fmt) -> str`` are the library API.
@@ -30,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The table's columns, in order.
 COLUMNS: tuple[str, ...] = (
     "setting",
@@ -59,8 +66,11 @@ _METRIC_KEYS = (
 
 
 _MODELS = ("iTransformerDiffusionDirect", "iTransformerDiffusion", "iTransformer")
+#: run.py's --data choices: a setting's data part is one of them, then maybe the file's stem.
+_DATA = ("ETTh1", "ETTh2", "ETTm1", "ETTm2", "custom")
 _TAIL = (
-    r"_(?P<data>.+?)_ft(?P<features>MS|M|S)"
+    r"_(?:(?P<data>" + "|".join(_DATA) + r")(?:_(?P<stem>.+?))?|(?P<other>.+?))"
+    r"_ft(?P<features>MS|M|S)"
     r"_sl(?P<seq_len>\d+)_ll(?P<label_len>\d+)_pl(?P<pred_len>\d+)(?:_|$)"
 )
 _SETTING_PATTERNS = (
@@ -73,16 +83,26 @@ _SETTING_PATTERNS = (
 )
 
 
-def parse_setting(setting: str) -> dict[str, str | int] | None:
-    """``{task, model_id, model, data, features, seq_len, label_len, pred_len}`` or None."""
+def parse_setting(setting: str) -> dict[str, str | int | None] | None:
+    """``{task, model_id, model, data, stem, features, seq_len, label_len, pred_len}`` or None;
+    ``stem``: the data file's stem where the name has one after ``data``, else None."""
     for pattern in _SETTING_PATTERNS:
         m = pattern.match(setting)
         if m:
-            out: dict[str, str | int] = m.groupdict()
+            out: dict[str, str | int | None] = m.groupdict()
+            other = out.pop("other")
+            if other is not None:
+                out["data"] = other
             for key in ("seq_len", "label_len", "pred_len"):
                 out[key] = int(out[key])
             return out
     return None
+
+
+def default_results_dir() -> str:
+    """./results/ where the current folder has one, else the repository's results/."""
+    here = Path("results")
+    return str(here) if here.is_dir() else str(REPO_ROOT / "results")
 
 
 def _float(value) -> float | None:
@@ -101,7 +121,7 @@ def _row(folder: Path, results_dir: Path) -> dict:
     row["setting"] = setting
     row["path"] = str(folder.relative_to(results_dir)) if folder != results_dir else "."
     row["model"] = parsed.get("model")
-    row["data"] = parsed.get("data")
+    row["data"] = parsed.get("stem") or parsed.get("data")
     row["horizon"] = parsed.get("pred_len")
     json_path = folder / "metrics.json"
     if json_path.is_file():
@@ -290,7 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print one table of every run (folders with metrics.json or metrics.npy).",
     )
     p.add_argument(
-        "results_dir", nargs="?", default="./results/", help="results folder (./results/)"
+        "results_dir",
+        nargs="?",
+        default=None,
+        help="results folder (default: ./results/ where it exists, else the repository's)",
     )
     p.add_argument("--format", default="markdown", choices=FORMATS, help="table format")
     p.add_argument(
@@ -321,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         columns = [_column(c.strip()) for c in args.columns.split(",") if c.strip()]
     except ValueError as e:
         parser.error(str(e))
+    if args.results_dir is None:
+        args.results_dir = default_results_dir()
     if not os.path.isdir(args.results_dir):
         print(f"no results folder at {args.results_dir}", file=sys.stderr)
         return 1
