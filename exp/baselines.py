@@ -1,12 +1,21 @@
-"""The baselines that every evaluation scores beside the model, all built from the stage-1
-backbone's point forecast and fitted on validation windows only:
+"""The baselines that every evaluation scores beside the model. All are built from the stage-1
+backbone's point forecast and fitted on validation windows only (``utils/baselines.py`` has the
+statistics):
 
 * ``itransformer``: the point forecast as a point mass (its CRPS is its MAE);
 * ``itransformer_gaussian``: point + Gaussian noise, σ per (horizon step, variate) = the
-  validation RMSE.
+  validation RMSE;
+* ``scaled_gaussian``: point + Gaussian noise, σ = c[h, n] × the window's lookback σ;
+* ``residual_quantiles``: point + the window's lookback σ × the empirical quantiles of the
+  validation residuals divided by their windows' lookback σ (split-conformal style).
 
-Each baseline is scored as an ensemble of the model's sample count, drawn independently per
-point, so that every method goes through the same scoring code.
+The lookback σ is floored per variate at a quantile of the validation windows' lookback σ (the
+one of ``FLOOR_QUANTILES`` whose scaled Gaussian has the lowest validation CRPS): a window whose
+lookback is flat in a variate would otherwise get a near-zero spread, and its residual would
+inflate c for all the others. Each
+baseline is scored as an ensemble of the model's sample count, drawn per point from stratified
+levels in random order (every point's ensemble spans its distribution evenly; points are
+independent), so every method goes through the same scoring code.
 """
 
 from __future__ import annotations
@@ -14,27 +23,69 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-NAMES = ("itransformer", "itransformer_gaussian")
+from utils import baselines as stats
+from utils.metrics import crps_gaussian
+
+NAMES = ("itransformer", "itransformer_gaussian", "scaled_gaussian", "residual_quantiles")
+FLOOR_QUANTILES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def fit_scale_floor(residuals: Tensor, scales: Tensor) -> Tensor:
+    """Per variate, the floor of the lookback σ among the validation quantiles
+    ``FLOOR_QUANTILES`` that minimises the scaled Gaussian's validation CRPS → (N,)."""
+    best_crps, best_floor = None, None
+    for q in FLOOR_QUANTILES:
+        floor = stats.fit_scale_floor(scales, q)  # (N,)
+        floored = scales.double().clamp_min(floor)
+        sigma = stats.fit_scaled_gaussian(residuals, floored) * floored  # (W, H, N)
+        crps = crps_gaussian(torch.zeros_like(sigma), sigma, residuals).mean((0, 1))  # (N,)
+        if best_crps is None:
+            best_crps, best_floor = crps, floor
+        else:
+            better = crps < best_crps
+            best_crps = torch.where(better, crps, best_crps)
+            best_floor = torch.where(better, floor, best_floor)
+    return best_floor
 
 
 def fit(residuals: Tensor, scales: Tensor) -> dict[str, Tensor]:
-    """residuals (W, H, N) = truth − point forecast and the lookback scales (W, 1, N) of W
-    validation windows → the baselines' parameters."""
-    residuals = residuals.double()
-    return {"sigma": residuals.square().mean(0).sqrt().float()}  # (H, N)
+    """residuals (W, H, N) = truth − point forecast and the lookback σ (W, 1, N) of W
+    validation windows → every baseline's parameters (plain tensors: they go into the
+    checkpoint)."""
+    floor = fit_scale_floor(residuals, scales)  # (N,)
+    scales = scales.double().clamp_min(floor)
+    table = stats.fit_residual_quantiles(residuals, scales)
+    return {
+        "sigma": residuals.double().square().mean(0).sqrt(),  # (H, N)
+        "scale_floor": floor,  # (N,)
+        "c": stats.fit_scaled_gaussian(residuals, scales),  # (H, N)
+        "levels": table.levels,  # (K,)
+        "quantiles": table.values,  # (K, H, N)
+    }
 
 
 def ensembles(
     params: dict[str, Tensor], point: Tensor, scale: Tensor, n_samples: int, first: int,
     generator: torch.Generator,
-) -> dict[str, Tensor]:  # fmt: skip
-    """Every baseline's ensemble for a batch: point (B, H, N') forecast, scale (B, 1, N') the
-    lookback's instance σ, ``first`` the first scored variate (−1 for MS, else 0)
-    → {name: (S, B, H, N')}."""
-    point = point.float()
-    sigma = params["sigma"][:, first:].to(point.device)  # (H, N')
-    noise = torch.randn((n_samples, *point.shape), generator=generator, device=point.device)
+) -> dict[str, tuple[Tensor, Tensor]]:  # fmt: skip
+    """Every baseline's ensemble for a batch → {name: (samples (S, B, H, N'), point)}.
+
+    point (B, H, N') forecast of the scored variates, scale (B, 1, N') their lookback σ,
+    ``first`` the first scored variate (−1 for MS, else 0).
+    """
+    p = {k: v[..., first:].to(point.device) for k, v in params.items() if k != "levels"}
+    scale = scale.double().clamp_min(p["scale_floor"])
+    table = stats.QuantileTable(params["levels"].to(point.device), p["quantiles"])
+
+    def gaussian(sigma: Tensor) -> Tensor:
+        return stats.sample_gaussian(point, sigma, n_samples, generator, stratified=True)
+
     return {
-        "itransformer": point[None],
-        "itransformer_gaussian": point + sigma * noise,
+        "itransformer": (point[None], point),
+        "itransformer_gaussian": (gaussian(p["sigma"]), point),
+        "scaled_gaussian": (gaussian(p["c"] * scale), point),
+        "residual_quantiles": (
+            stats.sample_residual_quantiles(point, scale, table, n_samples, generator),
+            point,
+        ),
     }

@@ -11,6 +11,7 @@ batches sharded over DDP ranks give bit-for-bit the single-process numbers.
 from __future__ import annotations
 
 import json
+import math
 import os
 from argparse import Namespace
 
@@ -22,16 +23,21 @@ from utils import distributed
 from utils.metrics import ProbMetricAccumulator, metric, quantiles_from_sorted
 
 QUANTILES_SAVED = (0.05, 0.25, 0.5, 0.75, 0.95)
-TABLE_COLUMNS = ("mse", "mae", "crps", "crps_norm", "coverage_50", "coverage_90", "sharpness_90")
+TABLE_COLUMNS = ("mse", "mae", "crps", "crps_norm", "energy_score", "coverage_50", "coverage_90",
+                 "sharpness_90")  # fmt: skip
 PROB_METRICS = ("crps", "crps_fair", "crps_norm", "crps_sum", "coverage_50", "coverage_90",
-                "sharpness_90")  # fmt: skip
+                "sharpness_90", "energy_score", "variogram_score")  # fmt: skip
 
 
 class Evaluation:
     """Streams the batches of one split; ``finish()`` returns the metrics dict.
 
     ``add_batch(index, first_row, methods, true, seconds)`` takes, per method name, the ensemble
-    (S, B, H, N) in normalised units; the first method is the model, whose arrays are written.
+    (S, B, H, N) in normalised units and the point forecast that MSE and MAE score (None: the
+    sample mean); the first method is the model, whose arrays are written. Joint scores (energy
+    over each window's (H, N) block, variogram of order 0.5 over each step's variates) and
+    per-window scores are computed in normalised units; ``window_scores.npz``
+    keeps each method's per-window CRPS, energy and variogram scores for paired comparisons.
     """
 
     def __init__(
@@ -64,30 +70,35 @@ class Evaluation:
         return arrays
 
     def add_batch(
-        self, index: int, first_row: int, methods: dict[str, Tensor], true: Tensor, seconds: float
-    ) -> None:
-        """Batch ``index`` starting at window ``first_row``: ensembles (S, B, H, N) per method,
-        true (B, H, N), normalised units. Windows are scored a few at a time (bounded memory)."""
-        model = methods[self.methods[0]]
-        S, B, H, N = model.shape
+        self, index: int, first_row: int, methods: dict[str, tuple[Tensor, Tensor | None]],
+        true: Tensor, seconds: float,
+    ) -> None:  # fmt: skip
+        """Batch ``index`` starting at window ``first_row``: per method (samples (S, B, H, N),
+        point (B, H, N) or None), true (B, H, N), normalised units. Windows are scored a few at
+        a time (bounded memory)."""
+        S, B, H, N = methods[self.methods[0]][0].shape
         step = max(1, (1 << 22) // (S * H * N))  # ≤ 4M sample values per chunk
         for start in range(0, B, step):
             rows = slice(start, start + step)
-            chunk = {name: methods[name][:, rows].float().cpu() for name in self.methods}
+            chunk = {}
+            for name in self.methods:
+                samples, point = methods[name]
+                point = None if point is None else point[rows].float().cpu()
+                chunk[name] = (samples[:, rows].float().cpu(), point)
             y = true[rows].float().cpu()
-            states = {"norm": self._accumulate(chunk, y)}
-            states["orig"] = self._accumulate(
-                {k: v * self.scale + self.shift for k, v in chunk.items()},
-                y * self.scale + self.shift,
-            )
+            states = {"norm": self._accumulate(chunk, y, joint=True)}
+            orig = {k: (v * self.scale + self.shift,
+                        None if p is None else p * self.scale + self.shift)
+                    for k, (v, p) in chunk.items()}  # fmt: skip
+            states["orig"] = self._accumulate(orig, y * self.scale + self.shift, joint=False)
             self.parts.append((index, start, seconds if start == 0 else 0.0, states))
-            self._write(first_row + start, chunk[self.methods[0]], y)
+            self._write(first_row + start, chunk[self.methods[0]][0], y)
 
-    def _accumulate(self, methods: dict[str, Tensor], y: Tensor) -> dict:
+    def _accumulate(self, methods: dict, y: Tensor, joint: bool) -> dict:
         states = {}
-        for name, samples in methods.items():
-            acc = ProbMetricAccumulator()
-            acc.update_samples(samples, y)
+        for name, (samples, point) in methods.items():
+            acc = ProbMetricAccumulator(joint_scores=joint, variogram_over="variates")
+            acc.update_samples(samples, y, point=point)
             states[name] = acc.state()
         return states
 
@@ -126,9 +137,9 @@ class Evaluation:
         done = norm[model].n_windows
         if done != self.n_windows:
             raise RuntimeError(f"evaluated {done} windows, expected {self.n_windows}")
-        result = norm[model].compute()
-        result["baselines"] = {name: norm[name].compute() for name in baselines}
-        orig_result = {name: orig[name].compute() for name in self.methods}
+        result = _plain(norm[model].compute())
+        result["baselines"] = {name: _plain(norm[name].compute()) for name in baselines}
+        orig_result = {name: _plain(orig[name].compute()) for name in self.methods}
         for key in ("crps_norm", "crps_sum"):  # ratios over Σ|y|: original units only
             result[key] = orig_result[model][key]
             for name in baselines:
@@ -143,6 +154,9 @@ class Evaluation:
         result.update(model=model, seconds_sampling=seconds, **extra)
         if self.is_main:
             self._save(result, list(point))
+            per_window = {f"{name}/{key}": values for name in self.methods
+                          for key, values in norm[name].per_window().items()}  # fmt: skip
+            np.savez(os.path.join(self.folder, "window_scores.npz"), **per_window)
         return result
 
     def _save(self, result: dict, point_metrics: list) -> None:
@@ -153,13 +167,22 @@ class Evaluation:
             json.dump(result, f, indent=2)
 
 
+def _plain(metrics: dict) -> dict:
+    """Metrics without entries that are not numbers for this method (NaN joint scores of a
+    unit in which they were not computed); JSON has no NaN."""
+    return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
 def format_table(m: dict) -> str:
     """The model and every baseline side by side, one row each."""
     rows = [(m["model"], m)] + list(m["baselines"].items())
     width = max(len(name) for name, _ in rows)
-    head = f"{'':{width}}  " + "  ".join(f"{c:>12}" for c in TABLE_COLUMNS)
+    heads = {"energy_score": "energy", "coverage_50": "cov50", "coverage_90": "cov90",
+             "sharpness_90": "sharp90", "crps_norm": "crps_norm"}  # fmt: skip
+    head = f"{'':{width}}  " + "  ".join(f"{heads.get(c, c):>9}" for c in TABLE_COLUMNS)
     body = [
-        f"{name:{width}}  " + "  ".join(f"{r[c]:12.4f}" for c in TABLE_COLUMNS) for name, r in rows
+        f"{name:{width}}  " + "  ".join(f"{r.get(c, math.nan):9.4f}" for c in TABLE_COLUMNS)
+        for name, r in rows
     ]
     tail = (
         f"({m['n_windows']} {m['eval_split']} windows, {m['n_samples']} samples, {m['sampler']} "

@@ -289,7 +289,8 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
 
     @torch.no_grad()
     def _forecast_batch(self, batch, index: int, with_baselines: bool = True):
-        """→ (ensembles {method: (S, B, H, N')}, truth (B, H, N'), seconds of sampling).
+        """→ ({method: (samples (S, B, H, N'), point forecast (B, H, N') or None for the sample
+        mean)}, truth (B, H, N'), seconds of sampling).
 
         The model's ensemble is spread-calibrated when factors are set. The noise of batch
         ``index`` comes from its own seeded generator, so a batch gets the same samples
@@ -314,7 +315,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         samples = samples[..., f:]
         if self.spread_scale is not None:
             apply_spread(samples, self.spread_scale)
-        methods = {args.model: samples}
+        methods = {args.model: (samples, None)}
         if with_baselines:
             self.stage1_head.to(self.device).eval()
             point = norm.denormalize(self.stage1_head(z).permute(0, 2, 1))[..., f:]  # (B, H, N')
@@ -368,7 +369,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         total = 0.0  # (len(SCALES), N') CRPS sums
         for index, batch in enumerate(progress(loader, desc="calibrating spread")):
             methods, true, _ = self._forecast_batch(batch, -1 - index, with_baselines=False)
-            samples = methods[args.model].float().cpu()
+            samples = methods[args.model][0].float().cpu()
             total = total + crps_by_spread_scale(samples, true.float().cpu(), SCALES)
         scale, best = best_scale(total, args.calibrate_spread)
         if bool(((best == 0) | (best == len(SCALES) - 1)).any()):
@@ -429,18 +430,19 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         log.info("Figures: %s", ", ".join(paths))
 
     def _write_log(self, setting: str, m: dict) -> None:
+        def fields(r: dict, keys: tuple[str, ...]) -> str:
+            return ", ".join(f"{k}:{r[k]}" for k in keys if k in r)
+
+        prob = ("crps", "crps_fair", "crps_norm", "crps_sum", "coverage_50", "coverage_90",
+                "sharpness_90", "energy_score", "variogram_score")  # fmt: skip
         lines = [
             f"{setting}  ",
-            f"mse:{m['mse']}, mae:{m['mae']}, rmse:{m['rmse']}",
-            f"crps:{m['crps']}, crps_fair:{m['crps_fair']}, crps_norm:{m['crps_norm']}, "
-            f"crps_sum:{m['crps_sum']}, coverage_50:{m['coverage_50']}, "
-            f"coverage_90:{m['coverage_90']}, sharpness_90:{m['sharpness_90']}",
+            fields(m, ("mse", "mae", "rmse")),
+            fields(m, prob),
             *(
-                f"baseline {name}: mse:{b['mse']}, mae:{b['mae']}, crps:{b['crps']}, "
-                f"crps_norm:{b['crps_norm']}, coverage_50:{b['coverage_50']}, "
-                f"coverage_90:{b['coverage_90']}"
+                f"baseline {name}: " + fields(b, ("mse", "mae", *prob))
                 for name, b in m["baselines"].items()
-            ),
+            ),  # fmt: skip
             f"sampler:{m['sampler']}, steps:{m['sampling_steps']}, samples:{m['n_samples']}, "
             f"windows:{m['n_windows']}, split:{m['eval_split']}, "
             f"spread_scale:{m['spread_scale']}, seconds_sampling:{m['seconds_sampling']:.1f}",
@@ -465,7 +467,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             self.prepare_sampling(setting)
         methods, _, _ = self._forecast_batch(batch, -(1 << 20), with_baselines=False)
         f = -1 if args.features == "MS" else 0
-        samples = methods[args.model][:, 0].double().cpu().numpy()  # (S, H, N')
+        samples = methods[args.model][0][:, 0].double().cpu().numpy()  # (S, H, N')
         samples = samples * data.scaler.scale_[f:] + data.scaler.mean_[f:]
         names = list(data.columns[f:] if f else data.columns)
         table = forecast_table(samples, dates, names)

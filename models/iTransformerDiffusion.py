@@ -26,10 +26,12 @@ from diffusion import (
     alpha_bar_at,
     diffusion_loss,
     draws_noise,
-    get_sampler,
     make_alpha_bar,
     q_sample,
     to_x0_eps,
+)
+from diffusion import (
+    sample as run_sampler,
 )
 from layers.Diffusion_layers import UNet1D, UNetCondition
 from models import iTransformer
@@ -266,7 +268,7 @@ class Model(nn.Module):
         # one autocast region for the whole chunk, so that each weight is cast once; the
         # sampler's arithmetic is elementwise, which autocast leaves in float32
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            return get_sampler(sampler)(
-                denoise, self.alpha_bar, x_T, steps=steps, eta=eta, spacing=spacing,
+            return run_sampler(
+                sampler, denoise, self.alpha_bar, x_T, steps=steps, spacing=spacing, eta=eta,
                 generator=noise,
             )  # fmt: skip

@@ -35,7 +35,8 @@ ROWS, SEQ, PRED, BATCH = 300, 24, 12, 32
 STAGE1, STAGE2 = 3, 3
 MODEL = "iTransformerDiffusion"
 SETTING_OF = (
-    "diffusion_forecast_test_{model}_custom_ftM_sl24_ll12_pl12_dm16_nh2_el1_df16_fc1_ebtimeF_test_0"
+    "diffusion_forecast_test_{model}_custom_good_ftM_sl24_ll12_pl12_dm16_nh2_el1_df16_fc1"
+    "_ebtimeF_test_0"
 ).format
 SETTING = SETTING_OF(model=MODEL)
 # custom splits 7:1:2 → 210 training rows → 175 windows → 6 batches of 32 per epoch
@@ -403,6 +404,8 @@ def test_checkpoint_of_another_model_is_refused(data, baseline, tmp_path):
 def test_checkpoint_of_other_variates_is_refused(data, baseline, tmp_path):
     """Same shapes, other column names (renamed.csv): the data's columns are named."""
     ckpt = copy_checkpoints(baseline.out, tmp_path)
+    renamed = ckpt.parent / SETTING.replace("_custom_good_", "_custom_renamed_")
+    ckpt = Path(shutil.move(ckpt, renamed))  # renamed.csv has a setting of its own
     before = digests(ckpt)
     with pytest.raises(CheckpointError) as info:
         run.main(make_argv(tmp_path, data.renamed, "--is_training", "0"))

@@ -715,9 +715,14 @@ class ProbMetricAccumulator:
 
     # ---- public updates -------------------------------------------------------------
     def update_samples(
-        self, samples: torch.Tensor, y: torch.Tensor, sorted_samples: torch.Tensor | None = None
+        self,
+        samples: torch.Tensor,
+        y: torch.Tensor,
+        sorted_samples: torch.Tensor | None = None,
+        point: torch.Tensor | None = None,
     ) -> None:
-        """samples: (S, B, H, N); y: (B, H, N). Point forecast = sample mean over S.
+        """samples: (S, B, H, N); y: (B, H, N). The point forecast scored by MSE and MAE is
+        ``point`` (B, H, N) where given (a baseline's forecast), else the sample mean.
 
         ``sorted_samples`` (the same samples sorted along S) saves the sort when the caller
         already has it; the joint samples are still needed for the variate sum.
@@ -740,8 +745,9 @@ class ProbMetricAccumulator:
             crps = crps_from_sorted(xs, yc)
             fair = crps_from_sorted(xs, yc, fair=True) if s_ > 1 else torch.full_like(yc, np.nan)
             es, vs = self._joint(raw, yc)
+            point_c = xs.mean(0) if point is None else _f64(point[start : start + chunk])
             self._update(
-                point=xs.mean(0),
+                point=point_c.to(xs.device),
                 y=yc,
                 crps=crps,
                 crps_fair=fair,
