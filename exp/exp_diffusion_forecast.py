@@ -320,8 +320,11 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             self.stage1_head.to(self.device).eval()
             point = norm.denormalize(self.stage1_head(z).permute(0, 2, 1))[..., f:]  # (B, H, N')
             scale = norm.stdev[..., f:]  # (B, 1, N')
+            # the baselines' own stream: their draws do not depend on the model's sampler
+            seed = (args.seed * 1_000_003 + index) ^ 0x5EED
+            stream = torch.Generator(device=self.device).manual_seed(seed)
             methods.update(
-                baselines.ensembles(self.baseline_fit, point, scale, args.n_samples, f, generator)
+                baselines.ensembles(self.baseline_fit, point, scale, args.n_samples, f, stream)
             )
         return methods, y[:, -args.pred_len :, f:], seconds
 

@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layers.Diffusion_layers import FiLMLayer, SinusoidalPosEmb, UNet1D, VariateCrossAttention
+from layers.Diffusion_layers import (
+    FiLMLayer,
+    SinusoidalPosEmb,
+    UNet1D,
+    VariateCrossAttention,
+    norm_film_act,
+    to_features,
+)
 
 SMALL = (8, 16, 32, 64)
 D_MODEL = 16
@@ -69,8 +76,13 @@ def test_extra_channels_act_as_concatenated_input_channels():
     _, _, z = inputs(h=40)
     extra = torch.randn(2, 3, 40)
     cond = model.encode_condition(z, extra)
-    reference = model.init_conv(torch.cat([torch.zeros(2, 7, 40), extra], dim=1))
-    assert torch.allclose(cond.first, reference, atol=1e-6)
+    reference = F.conv1d(
+        torch.cat([torch.zeros(2, 7, 40), extra], dim=1),
+        model.init_conv.weight,
+        model.init_conv.bias,
+        padding=3,
+    )
+    assert torch.allclose(cond.first.squeeze(2), reference, atol=1e-6)
 
 
 def test_sinusoidal_embedding():
@@ -100,17 +112,29 @@ def test_a_condition_serves_its_windows_samples_like_repeated_copies(t_kind):
     assert not torch.allclose(shared, model(x, t_rows if t.dim() == 0 else t.repeat(R), wrong))
 
 
-def test_film_identity_at_init_and_per_window():
+def test_film_is_the_identity_at_init():
     film = FiLMLayer(cond_dim=32, channels=8)
-    h = torch.nn.GroupNorm(4, 8)(torch.randn(2 * 3, 8, 20))  # 2 windows x 3 samples
-    c = torch.randn(2, 32)
-    assert torch.equal(film(h, c), h)
+    gamma, beta = film(torch.randn(2, 32))
+    assert torch.equal(gamma, torch.zeros(2, 8)) and torch.equal(beta, torch.zeros(2, 8))
+
+
+@pytest.mark.parametrize("offset", [0.0, 10.0])
+def test_norm_film_act_equals_group_norm_then_film_then_silu(offset):
+    """On features of 2 windows x 3 samples: torch's GroupNorm, then each window's γ, β on its
+    own three rows, then SiLU."""
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(4, 16)
     with torch.no_grad():
-        film.proj.weight.normal_()
-    gamma, beta = film.proj(F.silu(c)).chunk(2, dim=1)
-    expected = h * (1 + gamma.repeat_interleave(3, 0)[..., None])
-    expected = expected + beta.repeat_interleave(3, 0)[..., None]
-    assert torch.allclose(film(h, c), expected, atol=1e-6)
+        norm.weight.normal_()
+        norm.bias.normal_()
+    h = offset + torch.randn(2 * 3, 16, 20)
+    gamma, beta = torch.randn(2, 16), torch.randn(2, 16)
+    got = norm_film_act(to_features(h), norm, (gamma, beta)).squeeze(2)
+    expected = norm(h) * (1 + gamma.repeat_interleave(3, 0)[..., None])
+    expected = F.silu(expected + beta.repeat_interleave(3, 0)[..., None])
+    assert torch.allclose(got, expected, atol=1e-4 * (1 + offset))
+    plain = norm_film_act(to_features(h), norm, act=False).squeeze(2)
+    assert torch.allclose(plain, norm(h), atol=1e-4 * (1 + offset))
 
 
 def test_gradients_reach_every_parameter():
@@ -166,10 +190,14 @@ def test_cross_attention_matches_textbook_formula(n_vars, length):
     z = torch.randn(2, n_vars, D_MODEL)
     h = torch.randn(2 * 3, 16, length)  # (B·R, C, L), window-major
     ref = textbook_attention(attn, h, z.repeat_interleave(3, 0))
-    assert torch.allclose(attn(h, attn.kv(z)), ref, atol=1e-5)
-    assert torch.allclose(attn(h[::3], attn.kv(z)), ref[::3], atol=1e-5)  # one sample (R = 1)
+
+    def attend(h, z):
+        return attn(to_features(h), attn.kv(z)).squeeze(2)
+
+    assert torch.allclose(attend(h, z), ref, atol=1e-5)
+    assert torch.allclose(attend(h[::3], z), ref[::3], atol=1e-5)  # one sample (R = 1)
     perm = torch.randperm(n_vars)  # a set of variates: their order does not matter
-    assert torch.allclose(attn(h, attn.kv(z[:, perm])), ref, atol=1e-5)
+    assert torch.allclose(attend(h, z[:, perm]), ref, atol=1e-5)
 
 
 def test_padding_is_cropped_and_replicates_the_last_step():

@@ -83,7 +83,7 @@ def test_the_denoiser_learns_a_bimodal_regime(trained):
     ensembles = {"model": samples, "oracle": oracle, "gaussian": gaussian}
     crps = {name: crps_ensemble(s, y).mean().item() for name, s in ensembles.items()}
     energy = {name: energy_score(s, y).mean().item() for name, s in ensembles.items()}
-    assert crps["model"] < 1.10 * crps["oracle"], crps
-    assert crps["model"] < crps["gaussian"], crps
-    assert energy["model"] < 1.10 * energy["oracle"], energy
-    assert energy["model"] < 0.8 * energy["gaussian"], energy
+    # the Gaussian is 14% (CRPS) and 12% (energy) behind the oracle here; the model must be
+    # within 5% of the oracle on both
+    assert crps["model"] < 1.05 * crps["oracle"] < crps["gaussian"], crps
+    assert energy["model"] < 1.05 * energy["oracle"] < energy["gaussian"], energy

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -172,3 +174,78 @@ def test_evenly_spaced_windows():
     assert plots._evenly_spaced(7, 3) == [0, 3, 6]
     assert plots._evenly_spaced(2, 5) == [0, 1]
     assert plots._evenly_spaced(0, 3) == []
+
+
+# ---- what the figures show ---------------------------------------------------------------
+@pytest.fixture
+def drawn(monkeypatch):
+    """{file name: [(line label, x, y) ...], [(band label, y values of its outline) ...]} of
+    every figure saved, read from the artists before the figure is closed."""
+    seen: dict = {}
+    save = plots._save
+
+    def capture(fig, path):
+        lines, bands = [], []
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                lines.append((line.get_label(), np.asarray(line.get_xdata()),
+                              np.asarray(line.get_ydata(), dtype=float)))  # fmt: skip
+            for band in ax.collections:
+                ys = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+                bands.append((band.get_label(), ys))
+        seen[os.path.basename(os.fspath(path))] = (lines, bands)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    return seen
+
+
+def line(lines, label):
+    (found,) = [y for name, _, y in lines if name == label]
+    return found
+
+
+def test_fan_chart_draws_the_given_quantiles_truth_and_history(tmp_path, drawn):
+    rng = np.random.default_rng(6)
+    history, truth, q = rng.standard_normal(L), rng.standard_normal(H), quantile_dict(rng)
+    plots.fan_chart(tmp_path / "fan.png", history, truth, q, "t")
+    lines, bands = drawn["fan.png"]
+    assert np.allclose(line(lines, "forecast median"), q[0.5])
+    assert np.allclose(line(lines, "truth (held out)"), truth)
+    assert np.allclose(line(lines, "history (observed)"), history)
+    outer = dict(bands)["90% central interval (5–95%)"]
+    inner = dict(bands)["50% central interval (25–75%)"]
+    for level, band in ((0.05, outer), (0.95, outer), (0.25, inner), (0.75, inner)):
+        assert np.isin(q[level].astype(np.float64), band).all(), level
+    assert outer.min() == pytest.approx(q[0.05].min()) and outer.max() == pytest.approx(
+        q[0.95].max()
+    )
+
+
+def test_plot_run_draws_the_saved_quantiles_and_the_metrics(tmp_path, drawn):
+    """The fan charts show quantiles.npy's values of the chosen windows and variates, the
+    reliability and CRPS figures the metrics' own curves, for the model and each baseline."""
+    rng = np.random.default_rng(7)
+    results = tmp_path / "results"
+    results.mkdir()
+    true = rng.standard_normal((W, H, N)).astype(np.float32)
+    q = fake_quantiles(rng, (W, H, N))
+    np.save(results / "true.npy", true)
+    np.save(results / "quantiles.npy", q)
+    metrics = fake_metrics(rng)
+    plots.plot_run(results, tmp_path / "fig", metrics, n_windows=3, max_variates=2)
+    lines, _ = drawn["fan_charts.png"]
+    medians = [y for name, _, y in lines if name == "forecast median"]
+    truths = [y for name, _, y in lines if name == "truth (held out)"]
+    cells = [(w, v) for w in (0, 3, 6) for v in (0, 1)]
+    assert len(medians) == len(cells)
+    for (w, v), median, truth in zip(cells, medians, truths):
+        assert np.allclose(median, q[2, w, :, v]) and np.allclose(truth, true[w, :, v])
+    lines, _ = drawn["reliability.png"]
+    assert np.allclose(line(lines, metrics["model"]), metrics["reliability"]["coverage"])
+    gaussian = metrics["baselines"]["itransformer_gaussian"]["reliability"]["coverage"]
+    assert np.allclose(line(lines, "iTransformer + Gaussian noise"), gaussian)
+    lines, _ = drawn["crps_per_step.png"]
+    assert np.allclose(line(lines, metrics["model"]), metrics["crps_per_step"])
+    point = metrics["baselines"]["itransformer"]["crps_per_step"]
+    assert np.allclose(line(lines, "iTransformer (point forecast)"), point)

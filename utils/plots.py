@@ -27,6 +27,12 @@ import numpy as np  # noqa: E402
 
 #: Quantile levels of ``quantiles.npy`` (``exp.exp_diffusion_forecast.QUANTILES_SAVED``).
 SAVED_LEVELS: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
+BASELINE_LABELS = {
+    "itransformer": "iTransformer (point forecast)",
+    "itransformer_gaussian": "iTransformer + Gaussian noise",
+    "scaled_gaussian": "iTransformer + Gaussian, lookback-scaled",
+    "residual_quantiles": "iTransformer + residual quantiles",
+}
 NORMALISED = "normalised units"
 
 _COLORS = {
@@ -401,9 +407,14 @@ def plot_run(
         )
     ]
     curves = {model: (metrics["reliability"]["nominal"], metrics["reliability"]["coverage"])}
-    gauss = baselines.get("itransformer_gaussian", {}).get("reliability")
-    if gauss:
-        curves["iTransformer + Gaussian noise"] = (gauss["nominal"], gauss["coverage"])
+    step_curves = {model: metrics["crps_per_step"]}
+    var_curves = {model: metrics["crps_per_variate"]}
+    for key, result in baselines.items():
+        name = BASELINE_LABELS.get(key, key)
+        step_curves[name] = result["crps_per_step"]
+        var_curves[name] = result["crps_per_variate"]
+        if result.get("sharpness_90", 1.0) > 0:  # a point mass has no intervals to draw
+            curves[name] = (result["reliability"]["nominal"], result["reliability"]["coverage"])
     paths.append(
         reliability_diagram(
             os.path.join(folder_figures, "reliability.png"),
@@ -411,15 +422,6 @@ def plot_run(
             f"Calibration of {label}",
         )
     )
-    step_curves = {model: metrics["crps_per_step"]}
-    var_curves = {model: metrics["crps_per_variate"]}
-    for key, name in (
-        ("itransformer", "iTransformer (point forecast)"),
-        ("itransformer_gaussian", "iTransformer + Gaussian noise"),
-    ):
-        if key in baselines:
-            step_curves[name] = baselines[key]["crps_per_step"]
-            var_curves[name] = baselines[key]["crps_per_variate"]
     paths.append(
         crps_per_step(
             os.path.join(folder_figures, "crps_per_step.png"),
