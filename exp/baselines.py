@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from utils import baselines as stats
-from utils.metrics import crps_gaussian
+from utils.metrics import crps_ensemble, crps_gaussian
 
 NAMES = ("itransformer", "itransformer_gaussian", "scaled_gaussian", "residual_quantiles")
 FLOOR_QUANTILES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
@@ -53,15 +53,30 @@ def fit(residuals: Tensor, scales: Tensor) -> dict[str, Tensor]:
     validation windows → every baseline's parameters (plain tensors: they go into the
     checkpoint)."""
     floor = fit_scale_floor(residuals, scales)  # (N,)
-    scales = scales.double().clamp_min(floor)
-    table = stats.fit_residual_quantiles(residuals, scales)
-    return {
+    floored = scales.double().clamp_min(floor)
+    table = stats.fit_residual_quantiles(residuals, floored)
+    params = {
         "sigma": residuals.double().square().mean(0).sqrt(),  # (H, N)
         "scale_floor": floor,  # (N,)
-        "c": stats.fit_scaled_gaussian(residuals, scales),  # (H, N)
+        "c": stats.fit_scaled_gaussian(residuals, floored),  # (H, N)
         "levels": table.levels,  # (K,)
         "quantiles": table.values,  # (K, H, N)
     }
+    params["val_crps"] = validation_crps(params, residuals, scales)
+    return params
+
+
+def validation_crps(
+    params: dict[str, Tensor], residuals: Tensor, scales: Tensor, n_samples: int = 50,
+    windows: int = 512,
+) -> Tensor:  # fmt: skip
+    """Each baseline's ensemble CRPS (``NAMES`` order) on up to ``windows`` evenly spaced
+    validation windows, the data they were fitted on: what picks "the best baseline" without
+    looking at test data."""
+    picks = torch.linspace(0, len(residuals) - 1, min(windows, len(residuals))).round().long()
+    res, scale = residuals[picks].double(), scales[picks].double()
+    drawn = ensembles(params, torch.zeros_like(res), scale, n_samples, 0, torch.Generator())
+    return torch.tensor([crps_ensemble(samples, res).mean() for samples, _ in drawn.values()])
 
 
 def ensembles(
@@ -73,7 +88,8 @@ def ensembles(
     point (B, H, N') forecast of the scored variates, scale (B, 1, N') their lookback σ,
     ``first`` the first scored variate (−1 for MS, else 0).
     """
-    p = {k: v[..., first:].to(point.device) for k, v in params.items() if k != "levels"}
+    p = {k: params[k][..., first:].to(point.device) for k in ("sigma", "scale_floor", "c",
+                                                              "quantiles")}  # fmt: skip
     scale = scale.double().clamp_min(p["scale_floor"])
     table = stats.QuantileTable(params["levels"].to(point.device), p["quantiles"])
 

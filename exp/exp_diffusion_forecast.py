@@ -411,12 +411,16 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             eta=args.eta, timestep_spacing=args.timestep_spacing,
             spread_scale=None if self.spread_scale is None else self.spread_scale.tolist(),
             eval_split=args.eval_split, data_path=args.data_path, pred_len=args.pred_len,
-            world_size=world,
+            world_size=world, baseline_val_crps=self._baseline_val_crps(),
         )  # fmt: skip
         if self.is_main:
             self._write_log(setting, metrics)
             self._plot_test(setting, data, metrics)
         return metrics
+
+    def _baseline_val_crps(self) -> dict[str, float] | None:
+        scores = self.baseline_fit.get("val_crps")
+        return None if scores is None else dict(zip(baselines.NAMES, scores.tolist()))
 
     def _plot_test(self, setting: str, data, metrics: dict) -> None:
         """Fan charts, reliability diagram, CRPS per step and per variate → --test_results."""

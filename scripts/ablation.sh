@@ -15,8 +15,6 @@ declare -A rows=(
   [lambda08]="--loss_lambda 0.8"
   [linear]="--beta_schedule linear"
   [unet_x2]="--unet_channels 32,64,128 --cond_dim 128"
-  [finetune]="--finetune_encoder 1"
-  [varweights]="--variate_weights val_mse"
   [eps]="--parameterization eps --clip_x0 3"
   [x0]="--parameterization x0"
   [direct]="--model iTransformerDiffusionDirect"
@@ -26,7 +24,7 @@ declare -A rows=(
   [stage2_30]="--stage2_epochs 30"
   [stage2_lr3]="--stage2_lr 3e-4"
 )
-order=(default ema lambda02 finetune varweights unet_x2 linear lambda08 eps x0 direct direct_clip5
+order=(default ema lambda02 unet_x2 linear lambda08 eps x0 direct direct_clip5
        direct_noclip uncentred stage2_30 stage2_lr3)
 selected=("$@")
 [[ ${#selected[@]} -eq 0 ]] && selected=("${order[@]}")
