@@ -2,7 +2,7 @@
 
 Same backbone, denoiser and sampling path as ``iTransformerDiffusion``; the differences are
 what is diffused (normalize(y), not the residual), the default parameterisation (x0) and the
-default clamp of the predicted x0 (±3 in normalised units, the design document's choice).
+default clamp of the predicted x0 (±3 in normalised units).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Sampling benchmark: the batched hot path against the original design's loop.
+"""Sampling benchmark: the batched hot path against a looped sampler.
 
 Prints, on one model (trained with --checkpoint, else freshly initialised) and the same ETTh1
 test windows:
   (a) trajectories·steps per second of ``predict`` (all samples x windows as one batch) and of a
       faithful
-      re-implementation of the original design's sampler (a Python loop over samples, the
+      re-implementation of a naive sampler (a Python loop over samples, the
       encoder recomputed at every step), at the same sampler, steps and samples, measured side
       by side in one run: the two alternate --repeats times and each keeps its fastest run
       (the machine's load varies from second to second on a shared host; every run is
@@ -62,7 +62,7 @@ def parse() -> argparse.Namespace:
 
 
 def model_args(opts) -> argparse.Namespace:
-    """The run's arguments: from the checkpoint, or the quickstart / design defaults."""
+    """The run's arguments: from the checkpoint, or the quickstart or default sizes."""
     parser = build_parser()
     if opts.checkpoint:
         saved = read_checkpoint(opts.checkpoint)["args"]
@@ -95,8 +95,8 @@ def windows(args, count: int, device):
 
 
 @torch.inference_mode()
-def looped_original(model, x, x_mark, n_samples, steps, generator, spacing="trailing"):
-    """The original design's sampler: a Python loop over samples; at every step the backbone
+def looped_sampler(model, x, x_mark, n_samples, steps, generator, spacing="trailing"):
+    """A naive sampler: a Python loop over samples; at every step the backbone
     and the condition are recomputed and the denoiser sees one sample of the batch (DDIM,
     η = 0, on the ``spacing`` grid)."""
     B, _, N = x.shape
@@ -151,7 +151,7 @@ def throughput(model, args, opts, device) -> float:
         x, x_mark, S, opts.sampler, steps, spacing="trailing", generator=gen,
         autocast_dtype=amp_dtype(opts),
     )  # fmt: skip
-    looped = lambda: looped_original(model, x, x_mark, S, steps, gen)  # noqa: E731
+    looped = lambda: looped_sampler(model, x, x_mark, S, steps, gen)  # noqa: E731
     compile_note = ""
     if opts.compile:
         model.compile_denoiser()
@@ -170,11 +170,11 @@ def throughput(model, args, opts, device) -> float:
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     where = f" on {threads} torch threads" if threads else ""
     print(f"    predict: one chunk of {S} samples x {B} windows{where}")
-    print("    the looped original: fp32, eager")
+    print("    the looped sampler: fp32, eager")
     print(f"    best of {opts.repeats} interleaved runs each (all runs, s: ", end="")
     print("; ".join(f"{n} " + " ".join(f"{t:.2f}" for t in ts) for n, ts in times.items()) + ")")
     print(f"    predict (batched): {work / t_batched:12.1f} trajectory-steps/s ({t_batched:.2f} s)")
-    print(f"    looped original:   {work / t_looped:12.1f} trajectory-steps/s ({t_looped:.2f} s)")
+    print(f"    looped sampler:    {work / t_looped:12.1f} trajectory-steps/s ({t_looped:.2f} s)")
     ratios = [tl / tb for tb, tl in zip(times["batched"], times["looped"])]
     print(f"    ratio of each pair: {' '.join(f'{r:.2f}' for r in ratios)}", end="")
     print(f" (median {float(np.median(ratios)):.2f})")

@@ -3,7 +3,7 @@ ETTm2, Weather and Exchange at horizon 96 and ILI at 24, with marginal and joint
 for each dataset the better diffusion model against the best baseline with a 95% interval.
 
     python scripts/results_table.py --cpu                 # reduced CPU protocol (quickstart sizes)
-    python scripts/results_table.py                       # full protocol (GPU): design sizes
+    python scripts/results_table.py                       # full protocol (GPU): full-size denoiser
     python scripts/results_table.py --cpu --models iTransformerDiffusion --datasets ETTh1 ETTh2
     python scripts/results_table.py --cpu --no_run        # tables from the runs already there
 

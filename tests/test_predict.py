@@ -1,6 +1,6 @@
-"""The sampling hot path (``Model.predict``) against the original design's loop.
+"""The sampling hot path (``Model.predict``) against a naive looped sampler.
 
-``scripts/benchmark_sampling.py`` times ``predict`` against ``looped_original``: a Python loop
+``scripts/benchmark_sampling.py`` times ``predict`` against ``looped_sampler``: a Python loop
 over samples that recomputes the backbone and the condition at every step and feeds the
 denoiser one sample of the batch at a time. These tests check that the two compute the same
 samples from the same initial noise, for every way ``predict`` can chunk the trajectories, so
@@ -35,7 +35,7 @@ def _benchmark_module():
     return module
 
 
-looped_original = _benchmark_module().looped_original
+looped_sampler = _benchmark_module().looped_sampler
 
 
 def _model(name: str = "iTransformerDiffusion", pred_len: int = H):
@@ -65,8 +65,8 @@ def _inputs():
 
 @pytest.mark.parametrize("name", ["iTransformerDiffusion", "iTransformerDiffusionDirect"])
 @pytest.mark.parametrize("per_chunk", [5, S])
-def test_predict_equals_the_original_loop(name, per_chunk):
-    """The same seed → the same samples as the looped original, however predict chunks the
+def test_predict_equals_the_looped_sampler(name, per_chunk):
+    """The same seed → the same samples as the looped sampler, however predict chunks the
     S·B trajectories (uneven chunks, one chunk of all): both draw sample s's initial noise as
     the generator's s-th (B, N, H) draw."""
     model = _model(name)
@@ -75,7 +75,7 @@ def test_predict_equals_the_original_loop(name, per_chunk):
         x, x_mark, n_samples=S, sampler="ddim", steps=STEPS,
         spacing="trailing", generator=torch.Generator().manual_seed(0), sample_chunk=per_chunk * B,
     )  # fmt: skip
-    reference = looped_original(
+    reference = looped_sampler(
         model, x, x_mark, S, STEPS, torch.Generator().manual_seed(0), spacing="trailing"
     )
     assert samples.shape == (S, B, H, N) and samples.dtype == torch.float32
@@ -101,7 +101,7 @@ def test_a_samples_noise_does_not_depend_on_the_chunks():
                              sample_chunk=per_chunk * 3)[2]  # fmt: skip
 
     g = torch.Generator().manual_seed(0)
-    reference = looped_original(model, x, x_mark, 7, 4, g, spacing="trailing")
+    reference = looped_sampler(model, x, x_mark, 7, 4, g, spacing="trailing")
     scale = reference.abs().max().item()
     for per_chunk in (1, 3, 7):
         assert (run(per_chunk) - reference).abs().max().item() < 1e-4 * scale

@@ -297,7 +297,7 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
         dest="sampler",
         action="store_const",
         const="ddim",
-        help="alias of --sampler ddim (the original design's flag)",
+        help="alias of --sampler ddim",
     )
     p.add_argument(
         "--sampling_steps",

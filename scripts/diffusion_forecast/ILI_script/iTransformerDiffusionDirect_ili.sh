@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# iTransformerDiffusionDirect on national_illness.csv, four horizons, the design document's settings:
+# iTransformerDiffusionDirect on national_illness.csv, four horizons, the full (GPU) protocol:
 # d_model 128, e_layers 2, T = 1000 cosine, 30 + 20 epochs, 100 samples, batch 32.
 # Sized for a GPU. Run from anywhere; extra arguments are passed through to run.py,
 # e.g. --sampler dpm_solver --sampling_steps 20, or --is_training 0 to re-evaluate.
