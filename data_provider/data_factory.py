@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from argparse import Namespace
 
+import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -35,10 +36,20 @@ def build_dataset(args: Namespace, flag: str) -> ForecastDataset:
         size=(args.seq_len, args.label_len, args.pred_len),
         features=args.features,
         target=args.target,
-        timeenc=0 if args.embed != "timeF" else 1,
+        timeenc=timeenc(args),
         freq=args.freq,
         missing=getattr(args, "missing", "error"),
     )
+
+
+def timeenc(args: Namespace) -> int:
+    """TSLib's time encoding: 1 (continuous calendar features) for ``--embed timeF``, else 0."""
+    return 0 if args.embed != "timeF" else 1
+
+
+def time_marks(args: Namespace, stamps) -> np.ndarray:
+    """(rows, M) the time features that the datasets of ``args`` give these timestamps."""
+    return data_dict[args.data].marks_of(stamps, timeenc(args), args.freq)
 
 
 def loader_workers(requested: int) -> int:

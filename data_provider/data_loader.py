@@ -62,6 +62,54 @@ def read_series_csv(
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         reason = " ".join(str(e).split())  # one line, whatever the parser says
         raise DataError(f"cannot read {path} as CSV: {reason}") from e
+    source = _Source(
+        path,
+        cells=lambda: pd.read_csv(path, dtype=str, keep_default_na=False),
+        where=lambda row: f"on line {_line_of(path, len(df), row)}",
+    )
+    return _checked_series(df, source, target, missing, report)
+
+
+def read_series_frame(
+    frame: pd.DataFrame,
+    target: str | None = None,
+    missing: str = "error",
+    report: bool = False,
+    name: str = "the DataFrame",
+) -> pd.DataFrame:
+    """:func:`read_series_csv` for a DataFrame in memory: a ``date`` column (or a DatetimeIndex,
+    which becomes it) and numeric columns, checked and filled exactly as a CSV's cells would be;
+    messages name ``name`` and the row (0-based) instead of a file and a line. ``frame`` is not
+    changed."""
+    if missing not in MISSING_MODES:
+        raise ValueError(f"missing must be one of {MISSING_MODES}, got {missing!r}")
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"expected a pandas DataFrame or a CSV path, got {type(frame).__name__}")
+    df = frame.copy()
+    if "date" not in df.columns and isinstance(df.index, pd.DatetimeIndex):
+        df = df.rename_axis("date").reset_index()
+    df = df.reset_index(drop=True)
+    df.columns = [str(c) for c in df.columns]
+
+    def cells() -> pd.DataFrame:  # the cells as text, as a CSV would hold them
+        return df.astype(object).map(lambda v: "" if v is None else str(v))
+
+    source = _Source(name, cells=cells, where=lambda row: f"in row {row}")
+    return _checked_series(df, source, target, missing, report)
+
+
+class _Source:
+    """Where a table came from, for messages: its name, its cells as text, where a row is."""
+
+    def __init__(self, name: str, cells, where):
+        self.name, self.cells, self.where = name, cells, where
+
+
+def _checked_series(
+    df: pd.DataFrame, source: _Source, target: str | None, missing: str, report: bool
+) -> pd.DataFrame:
+    """The checks and filling shared by CSV files and DataFrames; changes ``df`` in place."""
+    path = source.name
     if "date" not in df.columns:
         raise DataError(f"{path} has no 'date' column; its columns are {list(df.columns)}")
     if target is not None and target not in df.columns:
@@ -69,7 +117,7 @@ def read_series_csv(
             f"target column {target!r} (--target) is not in {path}; "
             f"its columns are {list(df.columns)}"
         )
-    filled = _numeric_columns(df, path, missing)
+    filled = _numeric_columns(df, source, missing)
     if report and filled:
         log.info(
             "--missing %s filled %d cells of %s: %s",
@@ -80,8 +128,8 @@ def read_series_csv(
     if dates.isna().any():
         row = int(np.flatnonzero(dates.isna().to_numpy())[0])
         raise DataError(
-            f"{path}: cannot parse date {df['date'].iloc[row]!r} on line "
-            f"{_line_of(path, len(df), row)} (column 'date')"
+            f"{path}: cannot parse date {df['date'].iloc[row]!r} {source.where(row)} "
+            "(column 'date')"
         )
     df["date"] = dates
     return df
@@ -93,7 +141,7 @@ def _is_finite_numeric(column: pd.Series) -> bool:
     return bool(np.isfinite(column.to_numpy(dtype=float, na_value=np.nan)).all())
 
 
-def _numeric_columns(df: pd.DataFrame, path: str, missing: str) -> dict[str, int]:
+def _numeric_columns(df: pd.DataFrame, source: _Source, missing: str) -> dict[str, int]:
     """Make every column but ``date`` float, filling missing cells as ``missing`` says.
 
     Returns ``{column: cells filled}`` for the columns that had any.
@@ -105,8 +153,9 @@ def _numeric_columns(df: pd.DataFrame, path: str, missing: str) -> dict[str, int
             df[col] = df[col].astype(float)
     if not suspects:
         return {}
+    path = source.name
     # the cells as written: tells an empty cell from 'NaN' and from text
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    raw = source.cells()
     if list(raw.columns) != list(df.columns) or len(raw) != len(df):  # cannot happen
         raise DataError(f"cannot read {path} as CSV: its rows cannot be read consistently")
     holes: dict[str, np.ndarray] = {}  # column → boolean mask of missing cells
@@ -138,8 +187,8 @@ def _numeric_columns(df: pd.DataFrame, path: str, missing: str) -> dict[str, int
             "or --missing ffill"
         )
         raise DataError(
-            f"{path}: column {columns[j]!r} has the {kind} value {text!r} on line "
-            f"{_line_of(path, len(df), row)}{more}; {fix}"
+            f"{path}: column {columns[j]!r} has the {kind} value {text!r} "
+            f"{source.where(row)}{more}; {fix}"
         )
     if not holes:
         return {}
@@ -153,8 +202,8 @@ def _numeric_columns(df: pd.DataFrame, path: str, missing: str) -> dict[str, int
         cell = "the cell is EMPTY" if not text.strip() else f"the cell reads {text!r}"
         them = "them" if sum(counts.values()) > 1 else "it"
         raise DataError(
-            f"{path}: column {col!r} has a missing value (nan) on line "
-            f"{_line_of(path, len(df), row)}: {cell}; {_count_text(counts)}; fill {them} with "
+            f"{path}: column {col!r} has a missing value (nan) {source.where(row)}: {cell}; "
+            f"{_count_text(counts)}; fill {them} with "
             "--missing interpolate (linear between the neighbouring rows) or --missing ffill "
             "(the previous row's value), or correct the file"
         )
@@ -278,9 +327,14 @@ class ForecastDataset(Dataset):
 
     def time_marks(self, stamps) -> np.ndarray:
         """(rows, M) time features of the given timestamps, as the windows carry them."""
-        if self.timeenc == 1:
-            return time_features(stamps, self.freq).T
-        return calendar_columns(stamps, self.freq, self.minute_marks)  # (rows, 4 or 5)
+        return self.marks_of(stamps, self.timeenc, self.freq)
+
+    @classmethod
+    def marks_of(cls, stamps, timeenc: int, freq: str) -> np.ndarray:
+        """:meth:`time_marks` without a dataset: (rows, M) time features of ``stamps``."""
+        if timeenc == 1:
+            return time_features(stamps, freq).T
+        return calendar_columns(stamps, freq, cls.minute_marks)  # (rows, 4 or 5)
 
     def future_input(self) -> tuple[np.ndarray, np.ndarray, pd.DatetimeIndex]:
         """The last ``seq_len`` rows of the CSV → (x (L, N), x_mark (L, M), the H future dates)."""

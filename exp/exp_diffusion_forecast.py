@@ -19,11 +19,14 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from data_provider.data_factory import time_marks
+from data_provider.data_loader import future_dates
 from exp import baselines
 from exp.calibration import (
     SCALES,
@@ -31,13 +34,15 @@ from exp.calibration import (
     apply_spread,
     best_scale,
     calibration_key,
+    clip_samples,
     crps_by_spread_scale,
 )
 from exp.evaluation import Evaluation, format_table
-from exp.exp_basic import Exp_Basic, TrainingLoopMixin, read_checkpoint
+from exp.exp_basic import CheckpointError, Exp_Basic, TrainingLoopMixin, read_checkpoint
 from exp.forecast import forecast_table, plot_forecast
 from models.iTransformerDiffusion import diffusion_normalizer
 from utils import distributed
+from utils.args import bounds_text
 from utils.tools import (
     EarlyStopping,
     atomic_save,
@@ -64,6 +69,12 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         self.baseline_fit: dict[str, Tensor] | None = None  # see exp/baselines.py
         self.calibration: dict[str, list[float]] = {}  # spread factors per sampling setting
         self.spread_scale: Tensor | None = None  # (N',) the factors of the current setting
+        # what the checkpoints carry about the data (see data_meta) and the scaler in use: the
+        # training rows' mean_ and scale_ of every column, (N,) each
+        self.data_meta: dict | None = None
+        self.scaler: tuple[np.ndarray, np.ndarray] | None = None
+        if getattr(args, "bounds", None):
+            log.info("Samples are kept within %s in original units", bounds_text(args.bounds))
 
     # ---- one batch, shared by training and validation ------------------------------------
     def _batch_loss(self, batch, stage: str):
@@ -74,7 +85,8 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
 
     # ---- training --------------------------------------------------------------------------
     def train(self, setting: str):
-        _, train_loader = self._get_data("train")
+        train_data, train_loader = self._get_data("train")
+        self.use_data(train_data)
         _, vali_loader = self._get_data("val")
         model = self.unwrapped_model()
         resume = self._resume_state(setting)
@@ -187,6 +199,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             rng=rng_state(),
             stage1_head=self.stage1_head.state_dict(),
             baseline_fit=self.baseline_fit,
+            data=self.data_meta,
         )
 
     def _restore(self, resume: dict, parts: dict) -> None:
@@ -259,6 +272,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
                 stage1_head=self.stage1_head.state_dict(),
                 baseline_fit=self.baseline_fit,
                 calibration=self.calibration,
+                data=self.data_meta,
                 **meta,
             )
 
@@ -268,7 +282,28 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             self.stage1_head.load_state_dict(state["stage1_head"])
         self.baseline_fit = state.get("baseline_fit")
         self.calibration = dict(state.get("calibration") or {})
+        if self.data_meta is None and state.get("data") is not None:
+            self.data_meta = state["data"]
+        if self.scaler is None and self.data_meta is not None:
+            meta = self.data_meta
+            self.scaler = (np.asarray(meta["mean"], float), np.asarray(meta["scale"], float))
         return state
+
+    # ---- the data a checkpoint carries ------------------------------------------------------
+    def use_data(self, data) -> None:
+        """Take the scaler (and, where none is known yet, the description that checkpoints
+        carry) from a dataset of this run's CSV; every split has the training rows' scaler."""
+        self.scaler = (np.asarray(data.scaler.mean_, float), np.asarray(data.scaler.scale_, float))
+        if self.data_meta is None:
+            self.data_meta = data_meta(data, self.args)
+
+    def _store_in_checkpoint(self, path: str, **entries) -> None:
+        """Add or replace top-level entries of an existing checkpoint (rank 0, atomically)."""
+        if self.is_main and os.path.isfile(path):
+            state = read_checkpoint(path)
+            state.update(entries)
+            atomic_save(state, path)
+        distributed.barrier()
 
     # ---- sampling, shared by calibration, evaluation and the future forecast --------------------
     def sample_chunk(self) -> int:
@@ -287,14 +322,40 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             budget = min(budget, 1 << 27)
         return max(1, int(budget // (4 * floats)))
 
+    def normalised_bounds(self) -> tuple[Tensor | None, Tensor | None]:
+        """--bounds of the scored variates in normalised units, (bound − mean_) / scale_ per
+        variate → (low (N',) or None, high (N',) or None), rounded inwards to float32 so that
+        the samples map back inside the bounds; (None, None) without bounds."""
+        bounds = getattr(self.args, "bounds", None)
+        if not bounds:
+            return None, None
+        if self.scaler is None:
+            from data_provider.data_factory import build_dataset
+
+            self.use_data(build_dataset(self.args, "train"))
+        f = -1 if self.args.features == "MS" else 0
+        mean, scale = self.scaler[0][f:], self.scaler[1][f:]
+        out = []
+        for bound, inward in zip(bounds, (np.inf, -np.inf)):
+            if bound is None:
+                out.append(None)
+                continue
+            exact = (bound - mean) / scale  # float64
+            near = exact.astype(np.float32)
+            outside = near > exact if inward < 0 else near < exact
+            near = np.where(outside, np.nextafter(near, np.float32(inward)), near)
+            out.append(torch.from_numpy(near.astype(np.float32)))
+        return out[0], out[1]
+
     @torch.no_grad()
-    def _forecast_batch(self, batch, index: int, with_baselines: bool = True):
+    def _forecast_batch(self, batch, index: int, with_baselines: bool = True, bounded: bool = True):
         """→ ({method: (samples (S, B, H, N'), point forecast (B, H, N') or None for the sample
         mean)}, truth (B, H, N'), seconds of sampling).
 
-        The model's ensemble is spread-calibrated when factors are set. The noise of batch
-        ``index`` comes from its own seeded generator, so a batch gets the same samples
-        whatever ran before it (re-evaluation, sharding over ranks).
+        The model's ensemble is spread-calibrated when factors are set, then clipped into
+        --bounds (``bounded``), as are the baselines' ensembles and point forecasts. The noise
+        of batch ``index`` comes from its own seeded generator, so a batch gets the same
+        samples whatever ran before it (re-evaluation, sharding over ranks).
         """
         args = self.args
         model = self.unwrapped_model().eval()
@@ -315,6 +376,8 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         samples = samples[..., f:]
         if self.spread_scale is not None:
             apply_spread(samples, self.spread_scale)
+        low, high = self.normalised_bounds() if bounded else (None, None)
+        clip_samples(samples, low, high)
         methods = {args.model: (samples, None)}
         if with_baselines:
             self.stage1_head.to(self.device).eval()
@@ -323,9 +386,14 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             # the baselines' own stream: their draws do not depend on the model's sampler
             seed = (args.seed * 1_000_003 + index) ^ 0x5EED
             stream = torch.Generator(device=self.device).manual_seed(seed)
-            methods.update(
-                baselines.ensembles(self.baseline_fit, point, scale, args.n_samples, f, stream)
-            )
+            fitted = baselines.ensembles(self.baseline_fit, point, scale, args.n_samples, f, stream)
+            if low is not None or high is not None:  # the same bounds: a fair comparison
+                fitted = {
+                    name: (draws.clamp(*_like(draws, low, high)),
+                           None if p is None else p.clamp(*_like(p, low, high)))
+                    for name, (draws, p) in fitted.items()
+                }  # fmt: skip
+            methods.update(fitted)
         return methods, y[:, -args.pred_len :, f:], seconds
 
     def _amp_dtype(self):
@@ -343,19 +411,26 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         key = calibration_key(self.args)
         if key not in self.calibration:
             self.calibration[key] = self._fit_spread().tolist()
-            self._store_calibration(self.checkpoint_path(setting))
+            self._store_in_checkpoint(self.checkpoint_path(setting), calibration=self.calibration)
+        self.use_stored_spread()
+
+    def use_stored_spread(self) -> None:
+        """Set the spread factors of the current sampling setting from those fitted before
+        (none with --calibrate_spread none); CheckpointError where they were never fitted."""
+        self.spread_scale = None
+        if self.args.calibrate_spread == "none":
+            return
+        key = calibration_key(self.args)
+        if key not in self.calibration:
+            raise CheckpointError(
+                f"the checkpoint holds no spread factors for this sampling setting ({key}); "
+                "they are fitted on validation windows the first time a setting is evaluated"
+            )
         self.spread_scale = torch.tensor(self.calibration[key], dtype=torch.float32)
         log.info(
             "Spread factors (%s): %s", self.args.calibrate_spread,
             np.array2string(self.spread_scale.numpy(), precision=3),
         )  # fmt: skip
-
-    def _store_calibration(self, path: str) -> None:
-        if self.is_main and os.path.isfile(path):
-            state = read_checkpoint(path)
-            state["calibration"] = self.calibration
-            atomic_save(state, path)
-        distributed.barrier()
 
     @torch.no_grad()
     def _fit_spread(self) -> Tensor:
@@ -369,11 +444,14 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         picks = np.unique(np.linspace(0, len(data) - 1, count).round().astype(int))
         subset = torch.utils.data.Subset(data, picks.tolist())
         loader = torch.utils.data.DataLoader(subset, batch_size=args.batch_size, shuffle=False)
+        low, high = self.normalised_bounds()  # scored as they will be: rescaled, then bounded
         total = 0.0  # (len(SCALES), N') CRPS sums
         for index, batch in enumerate(progress(loader, desc="calibrating spread")):
-            methods, true, _ = self._forecast_batch(batch, -1 - index, with_baselines=False)
+            methods, true, _ = self._forecast_batch(
+                batch, -1 - index, with_baselines=False, bounded=False
+            )
             samples = methods[args.model][0].float().cpu()
-            total = total + crps_by_spread_scale(samples, true.float().cpu(), SCALES)
+            total = total + crps_by_spread_scale(samples, true.float().cpu(), SCALES, low, high)
         scale, best = best_scale(total, args.calibrate_spread)
         if bool(((best == 0) | (best == len(SCALES) - 1)).any()):
             log.warning(
@@ -396,6 +474,10 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             self.load_checkpoint(self.checkpoint_path(setting))
         if self.baseline_fit is None:
             raise RuntimeError("the checkpoint has no baseline fit; train stage 1 first")
+        had_meta = self.data_meta is not None
+        self.use_data(data)
+        if not had_meta:  # a checkpoint from before they carried their data: add it
+            self._store_in_checkpoint(self.checkpoint_path(setting), data=self.data_meta)
         self.prepare_sampling(setting)
         evaluation = Evaluation(
             args, data.scaler, len(data), self.results_dir(setting), args.model,
@@ -412,6 +494,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             spread_scale=None if self.spread_scale is None else self.spread_scale.tolist(),
             eval_split=args.eval_split, data_path=args.data_path, pred_len=args.pred_len,
             world_size=world, baseline_val_crps=self._baseline_val_crps(),
+            bounds=getattr(args, "bounds", None),
         )  # fmt: skip
         if self.is_main:
             self._write_log(setting, metrics)
@@ -452,13 +535,52 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             ),  # fmt: skip
             f"sampler:{m['sampler']}, steps:{m['sampling_steps']}, samples:{m['n_samples']}, "
             f"windows:{m['n_windows']}, split:{m['eval_split']}, "
-            f"spread_scale:{m['spread_scale']}, seconds_sampling:{m['seconds_sampling']:.1f}",
+            f"spread_scale:{m['spread_scale']}, seconds_sampling:{m['seconds_sampling']:.1f}"
+            + (f", bounds:{bounds_text(m['bounds'])}" if m.get("bounds") else ""),
         ]
         with open(self.args.result_file, "a") as f:
             f.write("\n".join(lines) + "\n\n")
         log.info(format_table(m))
 
     # ---- the real future ------------------------------------------------------------------------
+    @torch.no_grad()
+    def forecast_future(
+        self, values: np.ndarray, dates: pd.DatetimeIndex
+    ) -> tuple[np.ndarray, pd.DatetimeIndex]:
+        """The one path of every future forecast (``--do_predict`` and ``forecaster.py``).
+
+        values (T, N): T ≥ seq_len rows of the model's columns, already scaled with the
+        training scaler; dates (T,) their timestamps. → (samples (S, H, N') of the scored
+        variates in original units, the H dates after the last row, continuing the series'
+        frequency). The model samples from the last ``seq_len`` rows through
+        :meth:`_forecast_batch` with the current spread factors (``self.spread_scale``) and
+        --bounds, seeded by --seed; ``self.scaler`` maps the samples back.
+        """
+        args = self.args
+        if len(values) < args.seq_len or len(dates) != len(values):
+            raise ValueError(
+                f"forecast_future needs at least seq_len = {args.seq_len} rows with one date "
+                f"each, got {len(values)} rows and {len(dates)} dates"
+            )
+        dates = pd.DatetimeIndex(dates)
+        x = np.asarray(values[-args.seq_len :], dtype=np.float32)
+        marks = time_marks(args, dates[-args.seq_len :]).astype(np.float32)
+        batch = (torch.from_numpy(x)[None], torch.zeros(1, args.pred_len, x.shape[1]),
+                 torch.from_numpy(marks)[None], torch.zeros(1))  # fmt: skip
+        methods, _, _ = self._forecast_batch(batch, -(1 << 20), with_baselines=False)
+        f = -1 if args.features == "MS" else 0
+        normalised = methods[args.model][0][:, 0].cpu().numpy()  # (S, H, N') float32
+        samples = normalised.astype(np.float64) * self.scaler[1][f:] + self.scaler[0][f:]
+        bounds = getattr(args, "bounds", None)
+        if bounds:  # a clipped sample is the bound itself, not its float32 neighbour
+            low, high = self.normalised_bounds()
+            if low is not None:
+                samples[normalised <= low.numpy()] = bounds[0]
+            if high is not None:
+                samples[normalised >= high.numpy()] = bounds[1]
+            samples = np.clip(samples, *bounds)
+        return samples, future_dates(dates, args.pred_len)
+
     @torch.no_grad()
     def predict_future(self, setting: str) -> str | None:
         """Forecast the ``pred_len`` steps after the CSV's last row → ``forecast.csv`` (one row
@@ -467,15 +589,11 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             return None
         args = self.args
         data, _ = self._get_data("test")
-        x, x_mark, dates = data.future_input()
-        batch = (torch.from_numpy(x)[None], torch.zeros(1, args.pred_len, x.shape[1]),
-                 torch.from_numpy(x_mark)[None], torch.zeros(1))  # fmt: skip
+        self.use_data(data)
         if self.spread_scale is None:
             self.prepare_sampling(setting)
-        methods, _, _ = self._forecast_batch(batch, -(1 << 20), with_baselines=False)
+        samples, dates = self.forecast_future(data.full_data, data.all_dates)
         f = -1 if args.features == "MS" else 0
-        samples = methods[args.model][0][:, 0].double().cpu().numpy()  # (S, H, N')
-        samples = samples * data.scaler.scale_[f:] + data.scaler.mean_[f:]
         names = list(data.columns[f:] if f else data.columns)
         table = forecast_table(samples, dates, names)
         path = os.path.join(self.results_dir(setting), "forecast.csv")
@@ -485,3 +603,26 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         plot_forecast(figures, table, history, data.all_dates[-args.seq_len :], names)
         log.info("Forecast for %s … %s written to %s", dates[0], dates[-1], path)
         return path
+
+
+def _like(x: Tensor, *bounds: Tensor | None) -> list[Tensor | None]:
+    """bounds on x's device and in x's dtype (None stays None)."""
+    return [None if b is None else b.to(device=x.device, dtype=x.dtype) for b in bounds]
+
+
+def data_meta(data, args) -> dict:
+    """What a checkpoint keeps about its data, so that it forecasts without the CSV: the
+    model's columns in order (target last for custom), the training rows' scaler (mean_ and
+    scale_ per column), the time-feature --freq and the dates' own frequency (None if
+    irregular). Plain lists and strings: ``torch.load(weights_only=True)`` reads them."""
+    dates = data.all_dates[-min(len(data.all_dates), 100) :]
+    freq = pd.DatetimeIndex(dates.values, freq="infer").freq if len(dates) >= 3 else None
+    return {
+        "columns": [str(c) for c in data.columns],
+        "mean": [float(v) for v in data.scaler.mean_],
+        "scale": [float(v) for v in data.scaler.scale_],
+        "freq": args.freq,
+        "date_freq": None if freq is None else freq.freqstr,
+        "target": args.target,
+        "last_date": str(data.all_dates[-1]),
+    }

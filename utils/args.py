@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 
 from data_provider.data_factory import DATA_CHOICES
 from data_provider.data_loader import MISSING_MODES
@@ -366,6 +367,17 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
         help="split that testing scores (val: for ablations that must not look at test data)",
     )
     p.add_argument("--save_samples", action="store_true", help="also write samples.npy")
+    p.add_argument(
+        "--bounds",
+        default=None,
+        metavar="LOW,HIGH",
+        help="physical range of the scored variates in original units: every sample (model "
+        "and baselines) is clipped into it after the spread calibration; either side may be "
+        "empty (0, means ≥ 0); write --bounds=-1,1 when LOW is negative",
+    )
+    p.add_argument(
+        "--nonnegative", action="store_true", help="the same as --bounds 0, (samples ≥ 0)"
+    )
 
 
 ARG_GROUPS["diffusion"] = add_diffusion_args
@@ -391,6 +403,12 @@ def check_diffusion_args(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error(f"--unet_channels must be comma-separated integers, got {args.unet_channels}")
     if not channels or min(channels) < 1:
         parser.error(f"--unet_channels must be positive integers, got {args.unet_channels}")
+    try:
+        args.bounds = parse_bounds(args.bounds, getattr(args, "nonnegative", False))
+    except ValueError as e:
+        parser.error(str(e))
+    if args.bounds and args.task_name != "diffusion_forecast":
+        log.warning("--bounds and --nonnegative bound diffusion_forecast samples; ignored here")
     if (
         args.task_name == "diffusion_forecast"
         and args.center_samples
@@ -403,3 +421,52 @@ def check_diffusion_args(parser: argparse.ArgumentParser, args: argparse.Namespa
             "more, or --center_samples 0",
             args.n_samples, FEW_SAMPLES,
         )  # fmt: skip
+
+
+def parse_bounds(bounds, nonnegative: bool = False) -> list[float | None] | None:
+    """``--bounds LOW,HIGH`` (text, or an already parsed pair) and ``--nonnegative`` → ``[low,
+    high]`` with None for an open side, or None without bounds; ValueError says what is wrong."""
+    if bounds is None or isinstance(bounds, (list, tuple)):
+        pair = [None, None] if bounds is None else list(bounds)
+        text = None if bounds is None else ",".join("" if b is None else str(b) for b in pair)
+    else:
+        text = str(bounds)
+        pair = [part.strip() for part in text.split(",")]
+    if len(pair) != 2:
+        raise ValueError(f"--bounds takes LOW,HIGH (either may be empty), got {text!r}")
+    values: list[float | None] = []
+    for part in pair:
+        if part is None or part == "":
+            values.append(None)
+            continue
+        try:
+            value = float(part)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(
+                f"--bounds takes two numbers LOW,HIGH (either may be empty), got {text!r}"
+            )
+        values.append(value)
+    if nonnegative:
+        if values[0] not in (None, 0.0):
+            raise ValueError(
+                f"--nonnegative sets the lower bound to 0, but --bounds {text} sets it to "
+                f"{values[0]:g}; give one of them"
+            )
+        values[0] = 0.0
+    if values == [None, None]:
+        if bounds is None:
+            return None
+        raise ValueError(f"--bounds {text!r} bounds neither side; give LOW, HIGH or both")
+    if None not in values and not values[0] < values[1]:
+        raise ValueError(f"--bounds LOW,HIGH needs LOW < HIGH, got {text!r}")
+    return values
+
+
+def bounds_text(bounds) -> str:
+    """``[0.0, None]`` → ``[0, inf)``: the range in interval notation."""
+    low, high = bounds or (None, None)
+    left = "(-inf" if low is None else f"[{low:g}"
+    right = "inf)" if high is None else f"{high:g}]"
+    return f"{left}, {right}"
