@@ -83,31 +83,31 @@ class Evaluation:
             chunk = {}
             for name in self.methods:
                 samples, point = methods[name]
+                samples = samples[:, rows].float().cpu()
                 point = None if point is None else point[rows].float().cpu()
-                chunk[name] = (samples[:, rows].float().cpu(), point)
+                chunk[name] = (samples, samples.sort(dim=0).values, point)  # one sort serves all
             y = true[rows].float().cpu()
             states = {"norm": self._accumulate(chunk, y, joint=True)}
-            orig = {k: (v * self.scale + self.shift,
-                        None if p is None else p * self.scale + self.shift)
-                    for k, (v, p) in chunk.items()}  # fmt: skip
-            states["orig"] = self._accumulate(orig, y * self.scale + self.shift, joint=False)
+            s, b = self.scale, self.shift  # the affine map to original units keeps the order
+            orig = {k: (v * s + b, v_sorted * s + b, None if p is None else p * s + b)
+                    for k, (v, v_sorted, p) in chunk.items()}  # fmt: skip
+            states["orig"] = self._accumulate(orig, y * s + b, joint=False)
             self.parts.append((index, start, seconds if start == 0 else 0.0, states))
-            self._write(first_row + start, chunk[self.methods[0]][0], y)
+            self._write(first_row + start, *chunk[self.methods[0]][:2], y)
 
     def _accumulate(self, methods: dict, y: Tensor, joint: bool) -> dict:
         states = {}
-        for name, (samples, point) in methods.items():
+        for name, (samples, ordered, point) in methods.items():
             acc = ProbMetricAccumulator(joint_scores=joint, variogram_over="variates")
-            acc.update_samples(samples, y, point=point)
+            acc.update_samples(samples, y, sorted_samples=ordered, point=point)
             states[name] = acc.state()
         return states
 
-    def _write(self, offset: int, samples: Tensor, true: Tensor) -> None:
+    def _write(self, offset: int, samples: Tensor, ordered: Tensor, true: Tensor) -> None:
         rows = slice(offset, offset + samples.shape[1])
         self.arrays["pred"][rows] = samples.mean(0).numpy()
         self.arrays["pred_std"][rows] = samples.std(0, correction=0).numpy()
         self.arrays["true"][rows] = true.numpy()
-        ordered = samples.sort(dim=0).values
         self.arrays["quantiles"][:, rows] = quantiles_from_sorted(ordered, QUANTILES_SAVED).numpy()
         if "samples" in self.arrays:
             self.arrays["samples"][:, rows] = samples.numpy()

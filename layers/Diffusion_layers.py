@@ -89,7 +89,7 @@ def norm_film_act(
         scale = (scale.view(W, -1, C) * (1 + gamma[:, None])).view(RB, C)
         shift = (shift.view(W, -1, C) * (1 + gamma[:, None]) + beta[:, None]).view(RB, C)
     out = torch.addcmul(shift[:, None].to(rows.dtype), rows, scale[:, None].to(rows.dtype))
-    return from_rows(F.silu(out) if act else out)
+    return from_rows(F.silu(out, inplace=True) if act else out)
 
 
 class SinusoidalPosEmb(nn.Module):
@@ -162,7 +162,7 @@ class ResBlock1D(nn.Module):
         """x (R·B, in_ch, 1, L) features, c (B, cond_dim) -> (R·B, out_ch, 1, L)."""
         h = norm_film_act(self.conv1(x), self.norm1, self.film(c))
         h = norm_film_act(self.conv2(self.dropout(h)), self.norm2)
-        return h + self.res_conv(x)
+        return h.add_(self.res_conv(x))
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ class VariateCrossAttention(nn.Module):
         weights = scores.view(B, self.n_heads, -1, scores.shape[-1]).softmax(dim=2)  # over N
         weights = weights.view(B, K, -1).to(rows.dtype)
         out = torch.bmm(weights.transpose(1, 2), kv.values.to(rows.dtype))  # (B, R·L, C)
-        return h + from_rows(out.view(RB, L, C))
+        return from_rows(out.view(RB, L, C).add_(as_rows(h)))
 
 
 class DownBlock1D(nn.Module):
