@@ -174,10 +174,16 @@ class Exp_Basic:
         module = importlib.import_module(MODEL_REGISTRY[self.args.model])
         return ARCH_ARGS + tuple(getattr(module, "ARCH_ARGS", ()))
 
-    def autocast(self) -> AbstractContextManager:
+    def amp_dtype(self) -> torch.dtype | None:
+        """The mixed-precision dtype of --use_amp, or None."""
         if not self.args.use_amp:
+            return None
+        return torch.bfloat16 if self.args.amp_dtype == "bf16" else torch.float16
+
+    def autocast(self) -> AbstractContextManager:
+        dtype = self.amp_dtype()
+        if dtype is None:
             return nullcontext()
-        dtype = torch.bfloat16 if self.args.amp_dtype == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     # ---- paths ---------------------------------------------------------------------------

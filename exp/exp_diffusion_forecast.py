@@ -37,7 +37,7 @@ from exp.calibration import (
     clip_samples,
     crps_by_spread_scale,
 )
-from exp.evaluation import Evaluation, format_table
+from exp.evaluation import PROB_METRICS, Evaluation, format_table
 from exp.exp_basic import CheckpointError, Exp_Basic, TrainingLoopMixin, read_checkpoint
 from exp.forecast import forecast_table, plot_forecast
 from models.iTransformerDiffusion import diffusion_normalizer
@@ -367,7 +367,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             y_det, z, norm, n_samples=args.n_samples, sampler=args.sampler,
             steps=args.sampling_steps, eta=args.eta, spacing=args.timestep_spacing,
             generator=generator, sample_chunk=self.sample_chunk(),
-            autocast_dtype=self._amp_dtype(), center=bool(args.center_samples),
+            autocast_dtype=self.amp_dtype(), center=bool(args.center_samples),
         )  # fmt: skip
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -395,11 +395,6 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
                 }  # fmt: skip
             methods.update(fitted)
         return methods, y[:, -args.pred_len :, f:], seconds
-
-    def _amp_dtype(self):
-        if not self.args.use_amp:
-            return None
-        return torch.bfloat16 if self.args.amp_dtype == "bf16" else torch.float16
 
     # ---- spread calibration ---------------------------------------------------------------------
     def prepare_sampling(self, setting: str) -> None:
@@ -523,8 +518,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         def fields(r: dict, keys: tuple[str, ...]) -> str:
             return ", ".join(f"{k}:{r[k]}" for k in keys if k in r)
 
-        prob = ("crps", "crps_fair", "crps_norm", "crps_sum", "coverage_50", "coverage_90",
-                "sharpness_90", "energy_score", "variogram_score")  # fmt: skip
+        prob = PROB_METRICS
         lines = [
             f"{setting}  ",
             fields(m, ("mse", "mae", "rmse")),
