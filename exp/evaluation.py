@@ -20,9 +20,17 @@ import torch
 from torch import Tensor
 
 from utils import distributed
-from utils.metrics import ProbMetricAccumulator, metric, quantiles_from_sorted
+from utils.metrics import (
+    WINDOW_KEYS,
+    ProbMetricAccumulator,
+    metric,
+    quantiles_from_sorted,
+    sort_samples,
+)
 
 QUANTILES_SAVED = (0.05, 0.25, 0.5, 0.75, 0.95)
+UNITS = ("norm", "orig")  # normalised and original units
+CHUNK_VALUES = 1 << 22  # sample values scored at a time (memory stays bounded)
 TABLE_COLUMNS = ("mse", "mae", "crps", "crps_norm", "energy_score", "coverage_50", "coverage_90",
                  "sharpness_90")  # fmt: skip
 PROB_METRICS = ("crps", "crps_fair", "crps_norm", "crps_sum", "coverage_50", "coverage_90",
@@ -50,8 +58,22 @@ class Evaluation:
         self.scale = torch.tensor(scaler.scale_[f:], dtype=torch.float32)
         self.shift = torch.tensor(scaler.mean_[f:], dtype=torch.float32)
         self.n_windows = n_windows
-        self.parts: list[tuple[int, int, float, dict]] = []  # (batch, first row, seconds, states)
         self.arrays = self._open_arrays(len(self.scale))
+        # Every chunk's sums go into one row of an array sized here, the per-window scores
+        # into arrays of n_windows, so that scoring keeps nothing it allocates per batch: a
+        # long-lived small allocation between the batches' large temporaries would pin the
+        # heap, and the process would grow by the temporaries' size at every batch.
+        S, H, N = args.n_samples, args.pred_len, len(self.scale)
+        self.chunk = max(1, CHUNK_VALUES // (S * H * N))
+        self.chunks_per_batch = -(-args.batch_size // self.chunk)
+        self.n_rows = -(-n_windows // args.batch_size) * self.chunks_per_batch
+        self.sums: np.ndarray | None = None  # (n_rows, state values), made at the first chunk
+        self.layout: list[tuple[str, str, str, tuple[int, ...]]] = []  # (unit, method, key, shape)
+        self.filled = np.zeros(self.n_rows, dtype=bool)
+        self.seconds = np.zeros(self.n_rows)
+        self.window = {f"{name}/{key}": np.full(n_windows, np.nan) for name in self.methods
+                       for key in WINDOW_KEYS}  # fmt: skip
+        self.window_done = np.zeros(n_windows, dtype=bool)
 
     def _open_arrays(self, n_out: int) -> dict[str, np.ndarray]:
         """float32 .npy files written batch by batch (memory stays flat for big data)."""
@@ -76,23 +98,23 @@ class Evaluation:
         """Batch ``index`` starting at window ``first_row``: per method (samples (S, B, H, N),
         point (B, H, N) or None), true (B, H, N), normalised units. Windows are scored a few at
         a time (bounded memory)."""
-        S, B, H, N = methods[self.methods[0]][0].shape
-        step = max(1, (1 << 22) // (S * H * N))  # ≤ 4M sample values per chunk
-        for start in range(0, B, step):
-            rows = slice(start, start + step)
+        B = true.shape[0]
+        for start in range(0, B, self.chunk):
+            rows = slice(start, start + self.chunk)
             chunk = {}
             for name in self.methods:
                 samples, point = methods[name]
                 samples = samples[:, rows].float().cpu()
                 point = None if point is None else point[rows].float().cpu()
-                chunk[name] = (samples, samples.sort(dim=0).values, point)  # one sort serves all
+                chunk[name] = (samples, sort_samples(samples), point)  # one sort serves all
             y = true[rows].float().cpu()
-            states = {"norm": self._accumulate(chunk, y, joint=True)}
+            states = {"norm": self._accumulate(chunk, y, joint=True)}  # UNITS' order
             s, b = self.scale, self.shift  # the affine map to original units keeps the order
             orig = {k: (v * s + b, v_sorted * s + b, None if p is None else p * s + b)
                     for k, (v, v_sorted, p) in chunk.items()}  # fmt: skip
             states["orig"] = self._accumulate(orig, y * s + b, joint=False)
-            self.parts.append((index, start, seconds if start == 0 else 0.0, states))
+            row = index * self.chunks_per_batch + start // self.chunk
+            self._keep(row, first_row + start, states, seconds if start == 0 else 0.0)
             self._write(first_row + start, *chunk[self.methods[0]][:2], y)
 
     def _accumulate(self, methods: dict, y: Tensor, joint: bool) -> dict:
@@ -102,6 +124,26 @@ class Evaluation:
             acc.update_samples(samples, y, sorted_samples=ordered, point=point)
             states[name] = acc.state()
         return states
+
+    def _keep(self, row: int, first_window: int, states: dict, seconds: float) -> None:
+        """Copy a chunk's states into row ``row`` and its per-window scores into place."""
+        if self.sums is None:
+            self.layout = [(unit, name, key, tuple(value.shape))
+                           for unit, by_method in states.items()
+                           for name, state in by_method.items()
+                           for key, value in sorted(state["s"].items())]  # fmt: skip
+            width = sum(math.prod(shape) for *_, shape in self.layout) + 1  # + the window count
+            self.sums = np.zeros((self.n_rows, width))
+        values = [states[u][m]["s"][k].reshape(-1) for u, m, k, _ in self.layout]
+        count = states["norm"][self.methods[0]]["n_windows"]
+        self.sums[row, :-1] = torch.cat(values).numpy()
+        self.sums[row, -1] = count
+        self.filled[row] = True
+        self.seconds[row] = seconds
+        self.window_done[first_window : first_window + count] = True
+        for name in self.methods:
+            for key, value in states["norm"][name]["w"].items():
+                self.window[f"{name}/{key}"][first_window : first_window + count] = value.numpy()
 
     def _write(self, offset: int, samples: Tensor, ordered: Tensor, true: Tensor) -> None:
         rows = slice(offset, offset + samples.shape[1])
@@ -113,18 +155,35 @@ class Evaluation:
             self.arrays["samples"][:, rows] = samples.numpy()
 
     def _merged(self) -> tuple[dict, dict, float]:
-        """Every rank's batch contributions, merged in batch order."""
-        parts = sorted(
-            (p for rank_parts in distributed.gather_objects(self.parts) for p in rank_parts),
-            key=lambda p: (p[0], p[1]),
-        )
-        totals = {u: {k: ProbMetricAccumulator() for k in self.methods} for u in ("norm", "orig")}
-        for _, _, _, states in parts:
-            for unit, accs in totals.items():
-                for name, acc in accs.items():
-                    acc.merge(states[unit][name])
-        seconds = sum(sec for _, _, sec, _ in parts)
-        return totals["norm"], totals["orig"], seconds
+        """Every rank's rows, summed in batch order (the same sums whatever the world size)."""
+        done = self.window_done
+        mine = None
+        if self.sums is not None:  # a rank may have had no batch at all
+            mine = (self.layout, self.filled, self.sums[self.filled], self.seconds.sum(), done,
+                    {key: scores[done] for key, scores in self.window.items()})  # fmt: skip
+        gathered = [part for part in distributed.gather_objects(mine) if part is not None]
+        if not gathered:
+            raise RuntimeError(f"evaluated 0 windows, expected {self.n_windows}")
+        layout = gathered[0][0]
+        sums, seconds = np.zeros((self.n_rows, gathered[0][2].shape[1])), 0.0
+        for _, filled, values, sec, done, window in gathered:
+            sums[filled] = values
+            seconds += sec
+            for key, scores in window.items():
+                self.window[key][done] = scores
+        total = sums.sum(0)
+        H, N = self.args.pred_len, len(self.scale)
+        accs = {u: {name: ProbMetricAccumulator() for name in self.methods} for u in UNITS}
+        by_acc: dict = {}
+        offset = 0
+        for unit, name, key, shape in layout:
+            size = math.prod(shape)
+            value = torch.from_numpy(total[offset : offset + size].reshape(shape))
+            by_acc.setdefault((unit, name), {})[key] = value
+            offset += size
+        for (unit, name), s in by_acc.items():
+            accs[unit][name].merge({"s": s, "n_windows": int(total[-1]), "hn": (H, N), "w": {}})
+        return accs["norm"], accs["orig"], seconds
 
     def finish(self, **extra) -> dict:
         """Merge, check that every window was scored, save the files; ``extra`` goes into the
@@ -154,9 +213,7 @@ class Evaluation:
         result.update(model=model, seconds_sampling=seconds, **extra)
         if self.is_main:
             self._save(result, list(point))
-            per_window = {f"{name}/{key}": values for name in self.methods
-                          for key, values in norm[name].per_window().items()}  # fmt: skip
-            np.savez(os.path.join(self.folder, "window_scores.npz"), **per_window)
+            np.savez(os.path.join(self.folder, "window_scores.npz"), **self.window)
         return result
 
     def _save(self, result: dict, point_metrics: list) -> None:
