@@ -29,7 +29,6 @@ from utils.metrics import (
 )
 
 QUANTILES_SAVED = (0.05, 0.25, 0.5, 0.75, 0.95)
-UNITS = ("norm", "orig")  # normalised and original units
 CHUNK_VALUES = 1 << 22  # sample values scored at a time (memory stays bounded)
 TABLE_COLUMNS = ("mse", "mae", "crps", "crps_norm", "energy_score", "coverage_50", "coverage_90",
                  "sharpness_90")  # fmt: skip
@@ -55,8 +54,8 @@ class Evaluation:
         self.args, self.folder, self.is_main = args, folder, is_main
         self.methods = (model_name, *baselines)
         f = -1 if args.features == "MS" else 0
-        self.scale = torch.tensor(scaler.scale_[f:], dtype=torch.float32)
-        self.shift = torch.tensor(scaler.mean_[f:], dtype=torch.float32)
+        self.scale = torch.tensor(scaler.scale_[f:], dtype=torch.float64)
+        self.shift = torch.tensor(scaler.mean_[f:], dtype=torch.float64)
         self.n_windows = n_windows
         self.arrays = self._open_arrays(len(self.scale))
         # Every chunk's sums go into one row of an array sized here, the per-window scores
@@ -108,19 +107,24 @@ class Evaluation:
                 point = None if point is None else point[rows].float().cpu()
                 chunk[name] = (samples, sort_samples(samples), point)  # one sort serves all
             y = true[rows].float().cpu()
-            states = {"norm": self._accumulate(chunk, y, joint=True)}  # UNITS' order
-            s, b = self.scale, self.shift  # the affine map to original units keeps the order
-            orig = {k: (v * s + b, v_sorted * s + b, None if p is None else p * s + b)
-                    for k, (v, v_sorted, p) in chunk.items()}  # fmt: skip
-            states["orig"] = self._accumulate(orig, y * s + b, joint=False)
+            # crps_norm and crps_sum (ratios over Σ|y|) in original units, the rest normalised
+            units = (self.scale, self.shift)
+            states = {"norm": self._accumulate(chunk, y, joint=True, ratio_units=units)}
+            if self.args.inverse:  # every metric in original units as well
+                s, b = self.scale.float(), self.shift.float()  # an order-keeping affine map
+                orig = {k: (v * s + b, v_sorted * s + b, None if p is None else p * s + b)
+                        for k, (v, v_sorted, p) in chunk.items()}  # fmt: skip
+                states["orig"] = self._accumulate(orig, y * s + b, joint=False)
             row = index * self.chunks_per_batch + start // self.chunk
             self._keep(row, first_row + start, states, seconds if start == 0 else 0.0)
             self._write(first_row + start, *chunk[self.methods[0]][:2], y)
 
-    def _accumulate(self, methods: dict, y: Tensor, joint: bool) -> dict:
+    def _accumulate(self, methods: dict, y: Tensor, joint: bool, ratio_units=None) -> dict:
         states = {}
         for name, (samples, ordered, point) in methods.items():
-            acc = ProbMetricAccumulator(joint_scores=joint, variogram_over="variates")
+            acc = ProbMetricAccumulator(
+                joint_scores=joint, variogram_over="variates", ratio_units=ratio_units
+            )
             acc.update_samples(samples, y, sorted_samples=ordered, point=point)
             states[name] = acc.state()
         return states
@@ -154,7 +158,7 @@ class Evaluation:
         if "samples" in self.arrays:
             self.arrays["samples"][:, rows] = samples.numpy()
 
-    def _merged(self) -> tuple[dict, dict, float]:
+    def _merged(self) -> tuple[dict, dict | None, float]:
         """Every rank's rows, summed in batch order (the same sums whatever the world size)."""
         done = self.window_done
         mine = None
@@ -173,7 +177,8 @@ class Evaluation:
                 self.window[key][done] = scores
         total = sums.sum(0)
         H, N = self.args.pred_len, len(self.scale)
-        accs = {u: {name: ProbMetricAccumulator() for name in self.methods} for u in UNITS}
+        units = {unit for unit, *_ in layout}
+        accs = {u: {name: ProbMetricAccumulator() for name in self.methods} for u in units}
         by_acc: dict = {}
         offset = 0
         for unit, name, key, shape in layout:
@@ -183,7 +188,7 @@ class Evaluation:
             offset += size
         for (unit, name), s in by_acc.items():
             accs[unit][name].merge({"s": s, "n_windows": int(total[-1]), "hn": (H, N), "w": {}})
-        return accs["norm"], accs["orig"], seconds
+        return accs["norm"], accs.get("orig"), seconds
 
     def finish(self, **extra) -> dict:
         """Merge, check that every window was scored, save the files; ``extra`` goes into the
@@ -198,12 +203,8 @@ class Evaluation:
             raise RuntimeError(f"evaluated {done} windows, expected {self.n_windows}")
         result = _plain(norm[model].compute())
         result["baselines"] = {name: _plain(norm[name].compute()) for name in baselines}
-        orig_result = {name: _plain(orig[name].compute()) for name in self.methods}
-        for key in ("crps_norm", "crps_sum"):  # ratios over Σ|y|: original units only
-            result[key] = orig_result[model][key]
-            for name in baselines:
-                result["baselines"][name][key] = orig_result[name][key]
         if self.args.inverse:
+            orig_result = {name: _plain(orig[name].compute()) for name in self.methods}
             result["original_units"] = {
                 **orig_result[model],
                 "baselines": {name: orig_result[name] for name in baselines},

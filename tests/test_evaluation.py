@@ -31,11 +31,11 @@ def split(seed: int = 0):
     return model, base, point, true
 
 
-def evaluate(folder, order, chunk_values=None, monkeypatch=None) -> tuple[dict, dict]:
+def evaluate(folder, order, chunk_values=None, monkeypatch=None, inverse=False):
     if chunk_values is not None:
         monkeypatch.setattr(evaluation, "CHUNK_VALUES", chunk_values)
     args = SimpleNamespace(features="M", pred_len=H, n_samples=S, save_samples=True,
-                           inverse=True, batch_size=BATCH)  # fmt: skip
+                           inverse=inverse, batch_size=BATCH)  # fmt: skip
     ev = Evaluation(args, Scaler(), WINDOWS, str(folder), "model", ("base",))
     model, base, point, true = split()
     for index in order:
@@ -47,9 +47,10 @@ def evaluate(folder, order, chunk_values=None, monkeypatch=None) -> tuple[dict, 
     return result, scores
 
 
-def test_streamed_scores_equal_the_one_shot_scores(tmp_path, monkeypatch):
+@pytest.mark.parametrize("inverse", [False, True])
+def test_streamed_scores_equal_the_one_shot_scores(tmp_path, monkeypatch, inverse):
     # three windows per chunk: batches of five are scored in two chunks each
-    result, scores = evaluate(tmp_path, [0, 1, 2], S * H * N * 3, monkeypatch)
+    result, scores = evaluate(tmp_path, [0, 1, 2], S * H * N * 3, monkeypatch, inverse)
     model, base, point, true = split()
     for name, samples, pt in (("model", model, None), ("base", base, point)):
         one = ProbMetricAccumulator(variogram_over="variates")
@@ -65,9 +66,19 @@ def test_streamed_scores_equal_the_one_shot_scores(tmp_path, monkeypatch):
         # crps_norm and crps_sum are ratios in original units
         scale, shift = torch.tensor(Scaler.scale_), torch.tensor(Scaler.mean_)
         orig = ProbMetricAccumulator(joint_scores=False)
-        orig.update_samples(samples.double() * scale + shift, true.double() * scale + shift)
+        pt_orig = None if pt is None else pt.double() * scale + shift
+        orig.update_samples(
+            samples.double() * scale + shift, true.double() * scale + shift, point=pt_orig
+        )
         for key in ("crps_norm", "crps_sum"):
             assert got[key] == pytest.approx(orig.compute()[key], rel=1e-6), (name, key)
+        if inverse:  # every metric in original units as well
+            units = result["original_units"]
+            got_orig = units if name == "model" else units["baselines"]["base"]
+            for key in ("crps", "mae", "crps_norm", "coverage_90"):
+                assert got_orig[key] == pytest.approx(orig.compute()[key], rel=1e-6), (name, key)
+        else:
+            assert "original_units" not in result
     assert result["n_windows"] == WINDOWS and result["seconds_sampling"] == 3.0
     saved = np.load(tmp_path / "quantiles.npy")
     expected_q = np.quantile(model.numpy(), QUANTILES_SAVED, axis=0)

@@ -659,3 +659,28 @@ def test_accumulator_errors():
         M.ProbMetricAccumulator().update_gaussian(
             torch.zeros(2, 4, 5), -torch.ones(4, 5), torch.zeros(2, 4, 5)
         )
+
+
+def test_ratio_units_score_crps_norm_and_sum_in_the_mapped_units():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 4, 5, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(4, 5, 3, generator=g, dtype=torch.float64)
+    mu, sigma = y + 0.3, torch.rand(5, 3, generator=g, dtype=torch.float64)
+    scale, shift = torch.tensor([2.0, 0.5, 3.0]), torch.tensor([1.0, -4.0, 10.0])
+    mapped = M.ProbMetricAccumulator()
+    mapped.update_samples(x * scale + shift, y * scale + shift)
+    mapped_g = M.ProbMetricAccumulator()
+    mapped_g.update_gaussian(mu * scale + shift, sigma * scale, y * scale + shift)
+    acc = M.ProbMetricAccumulator(ratio_units=(scale, shift))
+    acc.update_samples(x, y)
+    acc_g = M.ProbMetricAccumulator(ratio_units=(scale, shift))
+    acc_g.update_gaussian(mu, sigma, y)
+    plain = M.ProbMetricAccumulator()
+    plain.update_samples(x, y)
+    for got, want in ((acc, mapped), (acc_g, mapped_g)):
+        for key in ("crps_norm", "crps_sum"):
+            assert got.compute()[key] == pytest.approx(want.compute()[key], rel=1e-12)
+    assert acc.compute()["crps"] == pytest.approx(plain.compute()["crps"], rel=1e-15)
+    assert acc.compute()["crps_norm"] != pytest.approx(plain.compute()["crps_norm"], rel=1e-3)
+    with pytest.raises(ValueError, match="positive"):
+        M.ProbMetricAccumulator(ratio_units=(-scale, shift))

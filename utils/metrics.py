@@ -655,6 +655,11 @@ class ProbMetricAccumulator:
     ``joint_scores=False`` skips their cost and reports NaN. ``per_window()`` returns the
     per-window ``crps`` / ``energy_score`` / ``variogram_score`` in update (= batch) order,
     for paired bootstrap comparisons (:func:`block_bootstrap_ci`).
+
+    ``ratio_units = (scale, shift)`` (per variate, (N,) each) computes ``crps_norm`` and
+    ``crps_sum``, ratios over Σ|y|, in the units ``x * scale + shift`` (e.g. the data's original
+    units: they are not shift invariant), every other metric in the units of the input. The map
+    keeps each variate's order, so the quantiles are those of the input mapped.
     """
 
     def __init__(
@@ -665,6 +670,7 @@ class ProbMetricAccumulator:
         joint_scores: bool = True,
         variogram_p: float = 0.5,
         variogram_over: str = "time",
+        ratio_units: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         if variogram_over not in VARIOGRAM_AXES:
             raise ValueError(f"variogram_over must be one of {VARIOGRAM_AXES}")
@@ -679,6 +685,9 @@ class ProbMetricAccumulator:
         # quantile levels needed per batch: the CRPS levels, then the central bounds
         self._levels = self.qlv + tuple(_central_levels(self.rlv))
         self.max_chunk_elems = int(max_chunk_elems)
+        self.ratio_units = None if ratio_units is None else tuple(_f64(u) for u in ratio_units)
+        if self.ratio_units is not None and not bool((self.ratio_units[0] > 0).all()):
+            raise ValueError("ratio_units: the scale must be positive (an order-keeping map)")
         self.s: dict[str, torch.Tensor] | None = None
         self.n_windows = 0
         self._hn: tuple[int, int] | None = None
@@ -694,9 +703,11 @@ class ProbMetricAccumulator:
         else:
             self.s[key] = value.clone()
 
-    def _update(self, point, y, crps, crps_fair, q, q_sum, y_sum, std, es, vs) -> None:
-        """Add one batch. point/y/crps/crps_fair/std: (B,H,N); q: (Q+2R,B,H,N);
-        q_sum: (Q,B,H) quantiles of the variate sum; y_sum: (B,H); es, vs: (B,)."""
+    def _update(self, point, y, crps, crps_fair, q, q_ratio, y_ratio, q_sum, std, es, vs) -> None:
+        """Add one batch. point/y/crps/crps_fair/std: (B,H,N); q: (Q+2R,B,H,N); q_ratio
+        (Q,B,H,N) and y_ratio (B,H,N): the CRPS levels' quantiles and the truth in the ratio
+        units; q_sum: (Q,B,H) quantiles of the variate sum in those units; es, vs: (B,)."""
+        y_sum = y_ratio.sum(-1)
         nq = len(self.qlv)
         err = point - y
         b, h, n = y.shape
@@ -711,8 +722,8 @@ class ProbMetricAccumulator:
         self._add("crps_step", crps.sum((0, 2)))
         self._add("crps_var", crps.sum((0, 1)))
         self._add("std", std.sum())
-        self._add("ql", quantile_loss_terms(q[:nq], y, self.qlv))
-        self._add("ql_den", y.abs().sum())
+        self._add("ql", quantile_loss_terms(q_ratio, y_ratio, self.qlv))
+        self._add("ql_den", y_ratio.abs().sum())
         self._add("ql_sum", quantile_loss_terms(q_sum, y_sum, self.qlv))
         self._add("ql_sum_den", y_sum.abs().sum())
         lo, hi = q[nq::2], q[nq + 1 :: 2]
@@ -724,6 +735,13 @@ class ProbMetricAccumulator:
             self.w[key].append(value.detach().to(torch.float64).cpu())
         self.n_windows += b
         self._hn = (h, n)
+
+    def _in_ratio_units(self, x: torch.Tensor) -> torch.Tensor:
+        """float64 values (..., N) mapped into the ratio units."""
+        if self.ratio_units is None:
+            return x
+        scale, shift = (u.to(x.device) for u in self.ratio_units)
+        return x * scale + shift
 
     # ---- public updates -------------------------------------------------------------
     def update_samples(
@@ -748,7 +766,7 @@ class ProbMetricAccumulator:
         for start in range(0, b_, chunk):
             raw = samples[:, start : start + chunk]
             # the variate sum must use the joint (unsorted) samples
-            xsum = sort_samples(_f64(raw).sum(-1))
+            xsum = sort_samples(self._in_ratio_units(_f64(raw)).sum(-1))
             if sorted_samples is None:
                 xs = _sort(raw)
             else:
@@ -762,14 +780,16 @@ class ProbMetricAccumulator:
                 crps, fair = (xs[0] - yc).abs(), torch.full_like(yc, np.nan)
             es, vs = self._joint(raw, yc)
             point_c = xs.mean(0) if point is None else _f64(point[start : start + chunk])
+            q = quantiles_from_sorted(xs, self._levels)
             self._update(
                 point=point_c.to(xs.device),
                 y=yc,
                 crps=crps,
                 crps_fair=fair,
-                q=quantiles_from_sorted(xs, self._levels),
+                q=q,
+                q_ratio=self._in_ratio_units(q[: len(self.qlv)]),
+                y_ratio=self._in_ratio_units(yc),
                 q_sum=quantiles_from_sorted(xsum, self.qlv),
-                y_sum=yc.sum(-1),
                 std=sample_std(xs),
                 es=es,
                 vs=vs,
@@ -792,7 +812,9 @@ class ProbMetricAccumulator:
         mu, sigma = _gaussian_args(mu, sigma)
         yc = _f64(y).to(mu.device)
         crps = crps_gaussian(mu, sigma, yc)
-        mu_s, sigma_s = gaussian_sum_params(mu, sigma)
+        q = gaussian_quantiles(mu, sigma, self._levels)
+        scale = 1.0 if self.ratio_units is None else self.ratio_units[0].to(mu.device)
+        mu_s, sigma_s = gaussian_sum_params(self._in_ratio_units(mu), sigma * scale)
         # joint scores: exact for point-mass windows (a one-member ensemble), else NaN
         es, vs = self._joint(mu.unsqueeze(0), yc)
         point_mass = (sigma == 0).flatten(1).all(1)
@@ -803,9 +825,10 @@ class ProbMetricAccumulator:
             y=yc,
             crps=crps,
             crps_fair=crps,
-            q=gaussian_quantiles(mu, sigma, self._levels),
+            q=q,
+            q_ratio=self._in_ratio_units(q[: len(self.qlv)]),
+            y_ratio=self._in_ratio_units(yc),
             q_sum=gaussian_quantiles(mu_s, sigma_s, self.qlv),
-            y_sum=yc.sum(-1),
             std=sigma,
             es=es,
             vs=vs,
