@@ -131,20 +131,21 @@ def fit_residual_quantiles(
     return QuantileTable(levels, quantiles_from_sorted(z, levels))
 
 
-def _uniforms(shape, s: int, generator, stratified: bool, device) -> torch.Tensor:
-    """(S, *shape) levels in (0, 1), independent across the points of ``shape``.
+def _stratified(levels_to_values, shape, s: int, generator, device) -> torch.Tensor:
+    """(S, *shape) draws: each point gets the values at the S midpoint levels ``(i + 0.5) / S``
+    in its own random order (a random permutation per point, from sorting i.i.d. keys).
 
-    Stratified: each point gets the S midpoints ``(i + 0.5) / S`` in its own random order
-    (a random permutation per point, from sorting i.i.d. keys). Otherwise i.i.d. U(0, 1).
+    ``levels_to_values`` maps the levels (S,) float64 to values (S, ...) broadcastable to
+    (S, *shape); it is evaluated once, and each point picks its values by its permutation.
     """
     if s < 1:
         raise ValueError("S must be at least 1")
-    kw = {"generator": generator, "dtype": torch.float64, "device": device}
-    if not stratified:
-        return torch.rand((s, *shape), **kw)
-    keys = torch.rand((*shape, s), **kw)  # one point's S keys contiguous: a fast argsort
-    order = torch.argsort(keys, dim=-1).movedim(-1, 0)
-    return (order.to(torch.float64) + 0.5) / s
+    levels = (torch.arange(s, dtype=torch.float64, device=device) + 0.5) / s
+    values = levels_to_values(levels)
+    values = values.reshape(s, *[1] * (len(shape) + 1 - values.dim()), *values.shape[1:])
+    keys = torch.rand((*shape, s), generator=generator, dtype=torch.float64, device=device)
+    order = torch.argsort(keys, dim=-1).movedim(-1, 0)  # one point's S keys contiguous: fast
+    return torch.gather(values.expand(s, *shape), 0, order)
 
 
 def sample_gaussian(
@@ -165,7 +166,7 @@ def sample_gaussian(
     if bool((sig < 0).any()):
         raise ValueError("sigma must be non-negative")
     if stratified:
-        z = torch.special.ndtri(_uniforms(mu.shape, S, generator, True, mu.device))
+        z = _stratified(torch.special.ndtri, mu.shape, S, generator, mu.device)
     else:
         z = torch.randn((S, *mu.shape), generator=generator, dtype=torch.float64, device=mu.device)
     return mu + sig * z
@@ -210,8 +211,17 @@ def sample_residual_quantiles(
     sc = _f64(scales).to(mu.device)
     if mu.dim() != 3 or sc.dim() != 3 or sc.shape[1] != 1:
         raise ValueError("point must be (B, H, N) and scales (B, 1, N)")
-    u = _uniforms(mu.shape, S, generator, stratified, mu.device)
-    return mu + sc * quantile_table_lookup(table, u)
+    if stratified:
+        h, n = mu.shape[1:]
+
+        def lookup(levels: torch.Tensor) -> torch.Tensor:  # (S,) -> (S, H, N)
+            return quantile_table_lookup(table, levels.view(-1, 1, 1).expand(-1, h, n))
+
+        z = _stratified(lookup, mu.shape, S, generator, mu.device)
+    else:
+        u = torch.rand((S, *mu.shape), generator=generator, dtype=torch.float64, device=mu.device)
+        z = quantile_table_lookup(table, u)
+    return mu + sc * z
 
 
 def sample_point(point: torch.Tensor, S: int = 1) -> torch.Tensor:
