@@ -69,7 +69,7 @@ class Evaluation:
         self.sums: np.ndarray | None = None  # (n_rows, state values), made at the first chunk
         self.layout: list[tuple[str, str, str, tuple[int, ...]]] = []  # (unit, method, key, shape)
         self.filled = np.zeros(self.n_rows, dtype=bool)
-        self.seconds = np.zeros(self.n_rows)
+        self.seconds = 0.0
         self.window = {f"{name}/{key}": np.full(n_windows, np.nan) for name in self.methods
                        for key in WINDOW_KEYS}  # fmt: skip
         self.window_done = np.zeros(n_windows, dtype=bool)
@@ -136,14 +136,13 @@ class Evaluation:
                            for unit, by_method in states.items()
                            for name, state in by_method.items()
                            for key, value in sorted(state["s"].items())]  # fmt: skip
-            width = sum(math.prod(shape) for *_, shape in self.layout) + 1  # + the window count
+            width = sum(math.prod(shape) for *_, shape in self.layout)
             self.sums = np.zeros((self.n_rows, width))
         values = [states[u][m]["s"][k].reshape(-1) for u, m, k, _ in self.layout]
         count = states["norm"][self.methods[0]]["n_windows"]
-        self.sums[row, :-1] = torch.cat(values).numpy()
-        self.sums[row, -1] = count
+        self.sums[row] = torch.cat(values).numpy()
         self.filled[row] = True
-        self.seconds[row] = seconds
+        self.seconds += seconds
         self.window_done[first_window : first_window + count] = True
         for name in self.methods:
             for key, value in states["norm"][name]["w"].items():
@@ -163,7 +162,7 @@ class Evaluation:
         done = self.window_done
         mine = None
         if self.sums is not None:  # a rank may have had no batch at all
-            mine = (self.layout, self.filled, self.sums[self.filled], self.seconds.sum(), done,
+            mine = (self.layout, self.filled, self.sums[self.filled], self.seconds, done,
                     {key: scores[done] for key, scores in self.window.items()})  # fmt: skip
         gathered = [part for part in distributed.gather_objects(mine) if part is not None]
         if not gathered:
@@ -173,21 +172,22 @@ class Evaluation:
         for _, filled, values, sec, done, window in gathered:
             sums[filled] = values
             seconds += sec
+            self.window_done |= done
             for key, scores in window.items():
                 self.window[key][done] = scores
-        total = sums.sum(0)
-        H, N = self.args.pred_len, len(self.scale)
-        units = {unit for unit, *_ in layout}
-        accs = {u: {name: ProbMetricAccumulator() for name in self.methods} for u in units}
-        by_acc: dict = {}
-        offset = 0
+        total, offset = sums.sum(0), 0
+        states: dict = {}  # unit → method → the summed state
         for unit, name, key, shape in layout:
             size = math.prod(shape)
             value = torch.from_numpy(total[offset : offset + size].reshape(shape))
-            by_acc.setdefault((unit, name), {})[key] = value
+            states.setdefault(unit, {}).setdefault(name, {})[key] = value
             offset += size
-        for (unit, name), s in by_acc.items():
-            accs[unit][name].merge({"s": s, "n_windows": int(total[-1]), "hn": (H, N), "w": {}})
+        H, N, n_windows = self.args.pred_len, len(self.scale), int(self.window_done.sum())
+        accs = {unit: {} for unit in states}
+        for unit, by_method in states.items():
+            for name, s in by_method.items():
+                accs[unit][name] = ProbMetricAccumulator()
+                accs[unit][name].merge({"s": s, "n_windows": n_windows, "hn": (H, N), "w": {}})
         return accs["norm"], accs.get("orig"), seconds
 
     def finish(self, **extra) -> dict:

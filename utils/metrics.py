@@ -208,27 +208,27 @@ def _gaussian_args(mu, sigma) -> tuple[torch.Tensor, torch.Tensor]:
 # --------------------------------------------------------------------------------------
 
 
-def _crps_terms(xs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """E|X - y| and sum_{i,j} |x_i - x_j| of float64 samples sorted along dim 0."""
+def _crps_both(xs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(standard, fair) CRPS of float64 samples sorted along dim 0; the fair one is NaN for
+    S = 1. Both share E|X - y| and sum_{i,j} |x_i - x_j| = 2 sum_i (2i - S - 1) x_(i)."""
     s = xs.shape[0]
+    if s == 1:
+        err = (xs[0] - y).abs()
+        return err, torch.full_like(err, np.nan)
     abs_err = (xs - y.unsqueeze(0)).abs().mean(0)
     i = torch.arange(1, s + 1, dtype=torch.float64, device=xs.device)
     wts = (2.0 * i - s - 1.0).reshape((-1,) + (1,) * (xs.dim() - 1))
-    # sum_{i,j} |x_i - x_j| = 2 sum_i (2i - S - 1) x_(i)
-    return abs_err, 2.0 * (wts * xs).sum(0)
+    pair_sum = 2.0 * (wts * xs).sum(0)
+    return abs_err - 0.5 * pair_sum / (s * s), abs_err - 0.5 * pair_sum / (s * (s - 1))
 
 
 def crps_from_sorted(sorted_samples: torch.Tensor, y: torch.Tensor, fair: bool = False):
     """Exact empirical CRPS from samples sorted ascending along dim 0 (see crps_ensemble)."""
     xs = _f64(sorted_samples)
-    y = _f64(y)
-    s = xs.shape[0]
-    if fair and s < 2:
+    if fair and xs.shape[0] < 2:
         raise ValueError("the fair CRPS needs at least 2 samples")
-    if s == 1:
-        return (xs[0] - y).abs()
-    abs_err, pair_sum = _crps_terms(xs, y)
-    return abs_err - 0.5 * pair_sum / (s * (s - 1) if fair else s * s)
+    standard, fair_crps = _crps_both(xs, _f64(y))
+    return fair_crps if fair else standard
 
 
 def crps_ensemble(samples: torch.Tensor, y: torch.Tensor, fair: bool = False) -> torch.Tensor:
@@ -785,12 +785,7 @@ class ProbMetricAccumulator:
             else:
                 xs = _f64(sorted_samples[:, start : start + chunk])
             yc = _f64(y[start : start + chunk]).to(xs.device)
-            if s_ > 1:  # the standard and the fair CRPS share their two terms
-                abs_err, pair_sum = _crps_terms(xs, yc)
-                crps = abs_err - 0.5 * pair_sum / (s_ * s_)
-                fair = abs_err - 0.5 * pair_sum / (s_ * (s_ - 1))
-            else:
-                crps, fair = (xs[0] - yc).abs(), torch.full_like(yc, np.nan)
+            crps, fair = _crps_both(xs, yc)
             es, vs = self._joint(raw, yc)
             point_c = xs.mean(0) if point is None else _f64(point[start : start + chunk])
             q = quantiles_from_sorted(xs, self._levels)
