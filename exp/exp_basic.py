@@ -19,6 +19,7 @@ from torch import nn
 from data_provider.data_factory import data_provider
 from models import MODEL_REGISTRY
 from utils import distributed
+from utils.args import build_parser
 from utils.tools import atomic_save
 
 log = logging.getLogger("tsdiff")
@@ -222,17 +223,19 @@ class Exp_Basic:
 
         module = self.unwrapped_model()
         ids = [self.device.index] if self.device.type == "cuda" else None
-        # the models hold no buffers; nothing to broadcast before each forward
+        # the only buffer (the marginal table) is fitted alike on every rank: no broadcast
         self.model = DDP(module, device_ids=ids, forward_sync_buffers=False)
 
     def load_checkpoint(self, path: str) -> dict[str, Any]:
         """Load weights after checking the checkpoint was built with these arguments."""
         state = read_checkpoint(path)
+        # an argument added after the checkpoint was written: it was built with the default
+        saved = {**vars(build_parser().parse_args([])), **state["args"]}
         differ = [
-            f"{_arg_name(k)} {_as_plain(state['args'].get(k))!r} in the checkpoint vs "
+            f"{_arg_name(k)} {_as_plain(saved.get(k))!r} in the checkpoint vs "
             f"{_as_plain(getattr(self.args, k, None))!r} now"
             for k in self.arch_args()
-            if _as_plain(state["args"].get(k)) != _as_plain(getattr(self.args, k, None))
+            if _as_plain(saved.get(k)) != _as_plain(getattr(self.args, k, None))
         ]
         if differ:
             raise CheckpointError(

@@ -6,7 +6,11 @@ forecast (extra input channels, ``--cond_forecast``), learns the distribution of
 
     x0 = normalize(y) - normalize(y_det)            (the residual, in instance-normalised units)
 
-so that a sample is y_det + denormalised residual sample. ``iTransformerDiffusionDirect``
+so that a sample is y_det + denormalised residual sample. With ``--marginal empirical`` each
+(variate, step) of x0 is first mapped to N(0, 1) through its quantiles on the training windows,
+u = Φ⁻¹(F̂(x0)), and samples are mapped back, x0 = F̂⁻¹(Φ(u)): the network then learns the
+conditional and joint structure of a target with standard normal marginals (a Gaussian copula),
+and the residuals' heavy tails come from their empirical quantiles. ``iTransformerDiffusionDirect``
 (x0-prediction) diffuses normalize(y) itself. Everything diffusion-specific (schedule,
 parameterisation, samplers) comes from ``diffusion/``; the network knows nothing about it.
 
@@ -35,12 +39,14 @@ from diffusion import (
 )
 from layers.Diffusion_layers import UNet1D, UNetCondition
 from models import iTransformer
+from utils.baselines import QuantileTable, quantile_table_lookup
+from utils.metrics import quantiles_from_sorted
 from utils.tools import CompiledOrEager
 
 # Arguments (beyond the backbone's) that decide this model's shapes or meaning.
 ARCH_ARGS = (
     "diffusion_steps", "beta_schedule", "parameterization", "cond_dim", "unet_channels",
-    "cond_forecast",
+    "cond_forecast", "marginal", "scale_floor",
 )  # fmt: skip
 
 STAGES = ("warmup", "joint")
@@ -51,11 +57,18 @@ STAGES = ("warmup", "joint")
 # blow its residual up by 100× or more and dominate the diffusion loss.
 STD_FLOOR = 0.1
 
+#: Levels of the per-(variate, step) quantile table of ``--marginal empirical``.
+MARGINAL_LEVELS = 201
+#: The Gaussianised target is kept within Φ⁻¹(ε) … Φ⁻¹(1 − ε), about ±3.7.
+MARGINAL_EPS = 1e-4
 
-def diffusion_normalizer(norm: iTransformer.Normalizer) -> iTransformer.Normalizer:
-    """The backbone's instance normaliser with σ floored at ``STD_FLOOR``, for the diffusion."""
+
+def diffusion_normalizer(norm: iTransformer.Normalizer, floor=STD_FLOOR) -> iTransformer.Normalizer:
+    """The backbone's instance normaliser with σ floored at ``floor`` (a number or one per
+    variate, (N,)), for the diffusion."""
     out = copy.copy(norm)
-    out.stdev = norm.stdev.clamp_min(STD_FLOOR)
+    out.stdev = torch.maximum(norm.stdev, torch.as_tensor(floor, dtype=norm.stdev.dtype,
+                                                          device=norm.stdev.device))  # fmt: skip
     return out
 
 
@@ -86,6 +99,27 @@ def chunk_sizes(n_samples: int, per_chunk: int) -> list[int]:
     return [per_chunk] * full + ([rest] if rest else [])
 
 
+def to_gaussian(x: Tensor, table: Tensor) -> Tensor:
+    """Φ⁻¹ of the level of x (..., N, H) in the quantile table (K, N, H) of its (n, h),
+    linear between the table's quantiles: x's marginal becomes about N(0, 1)."""
+    K = table.shape[0]
+    seq = table.reshape(K, -1).T.contiguous()  # (N·H, K)
+    flat = x.reshape(-1, seq.shape[0]).T.contiguous().to(seq.dtype)  # (N·H, M)
+    hi = torch.searchsorted(seq, flat).clamp(1, K - 1)
+    lo = hi - 1
+    v_lo, v_hi = seq.gather(1, lo), seq.gather(1, hi)
+    level = (lo + ((flat - v_lo) / (v_hi - v_lo).clamp_min(1e-12)).clamp(0, 1)) / (K - 1)
+    u = torch.special.ndtri(level.clamp(MARGINAL_EPS, 1 - MARGINAL_EPS))
+    return u.T.reshape(x.shape).to(x.dtype)
+
+
+def from_gaussian(u: Tensor, table: Tensor) -> Tensor:
+    """Inverse of ``to_gaussian``: the table's quantile function at Φ(u)."""
+    levels = torch.linspace(0, 1, table.shape[0], dtype=torch.float64, device=u.device)
+    x = quantile_table_lookup(QuantileTable(levels, table), torch.special.ndtr(u.double()))
+    return x.to(u.dtype)
+
+
 class Model(nn.Module):
     residual = True  # diffuse y - y_det rather than y
     default_parameterization = "v"  # eps diverges at the cosine schedule's end (see README)
@@ -110,6 +144,14 @@ class Model(nn.Module):
         )
         # (T,) float64 on the CPU, derived from the arguments (so not part of the state dict).
         self.alpha_bar = make_alpha_bar(configs.beta_schedule, configs.diffusion_steps)
+        self.marginal = getattr(configs, "marginal", None) or "none"
+        self.scale_floor = getattr(configs, "scale_floor", None)
+        if self.scale_floor is not None:  # σ floor per variate, set by fit_scale_floor
+            self.register_buffer("std_floor", torch.full((configs.enc_in,), STD_FLOOR))
+        if self.marginal == "empirical":  # quantiles (K, N, H) of the target, set by fit_marginal
+            self.register_buffer(
+                "marginal_table", torch.zeros(MARGINAL_LEVELS, configs.enc_in, configs.pred_len)
+            )
         self._compiled: CompiledOrEager | None = None  # set by compile_denoiser()
 
     # ---- the two halves ----------------------------------------------------------------------
@@ -117,17 +159,54 @@ class Model(nn.Module):
         """→ y_det (B, H, N) in input units, z (B, N, d_model), the window's Normalizer."""
         return self.backbone.backbone_forward(x_enc, x_mark_enc)
 
-    def diffusion_target(self, y: Tensor, y_det: Tensor, norm) -> Tensor:
-        """What is diffused: (B, N, H) in instance-normalised units (σ floored)."""
-        norm = diffusion_normalizer(norm)
+    def normalizer(self, norm):
+        """The window's normaliser for the diffusion: σ floored (``diffusion_normalizer``)."""
+        floor = self.std_floor if self.scale_floor is not None else STD_FLOOR
+        return diffusion_normalizer(norm, floor)
+
+    @torch.no_grad()
+    def fit_scale_floor(self, stdev: Tensor) -> None:
+        """Per variate, the ``--scale_floor`` quantile of the lookback σ (W, 1, N) of training
+        windows (at least ``STD_FLOOR``)."""
+        q = torch.quantile(stdev[:, 0].double().cpu(), self.scale_floor, dim=0)
+        self.std_floor.copy_(q.clamp_min(STD_FLOOR))
+
+    def normalised_target(self, y: Tensor, y_det: Tensor, norm) -> Tensor:
+        """The residual (or target) in instance-normalised units (σ floored), (B, N, H)."""
+        norm = self.normalizer(norm)
         x0 = norm.normalize(y)
         if self.residual:
             x0 = x0 - norm.normalize(y_det.detach())
         return x0.permute(0, 2, 1)
 
+    def diffusion_target(self, y: Tensor, y_det: Tensor, norm) -> Tensor:
+        """What is diffused: (B, N, H); with ``--marginal empirical``, Gaussianised."""
+        x0 = self.normalised_target(y, y_det, norm)
+        return to_gaussian(x0, self._table()) if self.marginal == "empirical" else x0
+
+    @torch.no_grad()
+    def fit_marginal(self, x0: Tensor) -> None:
+        """The ``--marginal empirical`` table: quantiles per (n, h) of the normalised targets
+        x0 (W, N, H) of W training windows (``normalised_target``), at ``MARGINAL_LEVELS``
+        levels from 0 (the minimum) to 1 (the maximum), made strictly ascending."""
+        levels = torch.linspace(0, 1, MARGINAL_LEVELS, dtype=torch.float64)
+        table = quantiles_from_sorted(torch.sort(x0.double().cpu(), dim=0).values, levels)
+        ramp = torch.arange(MARGINAL_LEVELS, dtype=torch.float64) * 1e-5
+        self.marginal_table.copy_(table + ramp.view(-1, 1, 1))
+
+    def _table(self) -> Tensor:
+        if not bool(self.marginal_table[-1].gt(self.marginal_table[0]).all()):
+            raise RuntimeError(
+                "the marginal table is not fitted: call fit_marginal on training targets "
+                "(training does) or build the model with --marginal none"
+            )
+        return self.marginal_table
+
     def from_diffusion(self, x0: Tensor, y_det: Tensor, norm) -> Tensor:
         """Inverse of ``diffusion_target``: (R, B, N, H) → forecasts (R, B, H, N) in input units."""
-        norm = diffusion_normalizer(norm)
+        norm = self.normalizer(norm)
+        if self.marginal == "empirical":
+            x0 = from_gaussian(x0, self._table())
         x = x0.permute(0, 1, 3, 2)  # (R, B, H, N)
         if self.residual:
             x = x + norm.normalize(y_det)
@@ -137,7 +216,7 @@ class Model(nn.Module):
         """The normalised point forecast as extra denoiser input, (B, N, H), or None."""
         if not self.cond_forecast:
             return None
-        return diffusion_normalizer(norm).normalize(y_det.detach()).permute(0, 2, 1)
+        return self.normalizer(norm).normalize(y_det.detach()).permute(0, 2, 1)
 
     # ---- training ----------------------------------------------------------------------------
     def loss(self, x_enc: Tensor, x_mark_enc: Tensor | None, y: Tensor, stage: str):

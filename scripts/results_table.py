@@ -6,6 +6,7 @@ for each dataset the better diffusion model against the best baseline with a 95%
     python scripts/results_table.py                       # full protocol (GPU): full-size denoiser
     python scripts/results_table.py --cpu --models iTransformerDiffusion --datasets ETTh1 ETTh2
     python scripts/results_table.py --cpu --no_run        # tables from the runs already there
+    python scripts/results_table.py --cpu --out results_copula --run_flags "--marginal empirical"
 
 Runs go to ``--out`` (default ./results_table/, git-ignored); a run whose metrics.json exists is
 reused unless ``--rerun``. "Best baseline" is chosen per dataset among the lookback-scaled
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -60,6 +62,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--out", default=os.path.join(REPO, "results_table"))
     p.add_argument("--rerun", action="store_true", help="redo runs that exist")
     p.add_argument("--no_run", action="store_true", help="only print the tables")
+    p.add_argument(
+        "--run_flags",
+        default="",
+        help='more run.py flags for every run, e.g. "--marginal '
+        'empirical" (with an --out of their own: the runs are named without them)',
+    )
     return p.parse_args()
 
 
@@ -88,7 +96,8 @@ def run(opts, model: str, name: str) -> None:
             "--checkpoints", os.path.join(opts.out, "checkpoints"),
             "--results", os.path.join(opts.out, "results"),
             "--test_results", os.path.join(opts.out, "test_results"),
-            "--result_file", os.path.join(opts.out, "result_diffusion_forecast.txt")]  # fmt: skip
+            "--result_file", os.path.join(opts.out, "result_diffusion_forecast.txt"),
+            *shlex.split(opts.run_flags)]  # fmt: skip
     print(f"== {model} on {name}", flush=True)
     subprocess.run(argv, check=True)
 

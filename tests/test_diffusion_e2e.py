@@ -134,15 +134,25 @@ def test_spread_calibration_rescales_around_the_mean(workdir):
     assert val["eval_split"] == "val" and val["n_windows"] == 40 - 12 + 1  # 40 val rows
 
 
-def test_stage2_keeps_the_encoder_and_trains_head_and_denoiser(tmp_path, workdir):
+@pytest.fixture(scope="module")
+def two_stages(tmp_path_factory, workdir):
+    """The stage-1 and final checkpoints of one training run (``--marginal empirical``)."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("stages")
+    run.main(argv(workdir, "iTransformerDiffusion", "--checkpoints", str(folder), "--marginal",
+                  "empirical"))  # fmt: skip
+    (folder,) = [p for p in folder.iterdir() if p.is_dir()]
+    load = lambda name: torch.load(folder / name, weights_only=False)  # noqa: E731
+    return load("checkpoint_stage1.pth"), load("checkpoint.pth")
+
+
+def test_stage2_keeps_the_encoder_and_trains_head_and_denoiser(two_stages):
     """Stage 2 leaves the embedding and encoder exactly as stage 1 left them (the baselines
     share their z) and trains the head and the denoiser."""
     import torch
 
-    run.main(argv(workdir, "iTransformerDiffusion", "--checkpoints", str(tmp_path)))
-    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    stage1 = torch.load(folder / "checkpoint_stage1.pth", weights_only=False)["model"]
-    final = torch.load(folder / "checkpoint.pth", weights_only=False)["model"]
+    stage1, final = two_stages[0]["model"], two_stages[1]["model"]
     frozen = ("backbone.encoder.", "backbone.enc_embedding.")
     for prefix, should_change in ((frozen, False), (("backbone.projection.",), True),
                                   (("denoiser.",), True)):  # fmt: skip
@@ -150,6 +160,63 @@ def test_stage2_keeps_the_encoder_and_trains_head_and_denoiser(tmp_path, workdir
         assert keys
         changed = any(not torch.equal(stage1[k], final[k]) for k in keys)
         assert changed == should_change, prefix
+
+
+def test_the_marginal_table_holds_the_quantiles_of_the_stage1_training_residuals(two_stages):
+    """Before stage 2 the model's marginal table is fitted on every training window's residual
+    y − y_det of the stage-1 backbone, divided by the lookback σ (floored at 0.1): here computed
+    from the data set and the stage-1 weights, with numpy's quantiles."""
+    from argparse import Namespace
+
+    import torch
+
+    from data_provider.data_factory import data_provider
+    from models import iTransformerDiffusion as M
+
+    stage1, final = two_stages
+    args = Namespace(**stage1["args"])
+    model = M.Model(args)
+    model.load_state_dict(stage1["model"])
+    model.eval()
+    data, _ = data_provider(args, "train")
+    x = torch.stack([torch.as_tensor(data[i][0]) for i in range(len(data))]).float()
+    y = torch.stack([torch.as_tensor(data[i][1]) for i in range(len(data))]).float()
+    x_mark = torch.stack([torch.as_tensor(data[i][2]) for i in range(len(data))]).float()
+    with torch.no_grad():
+        y_det = model.backbone_forward(x, x_mark)[0].numpy()
+    sigma = np.sqrt(x.numpy().var(1, keepdims=True) + 1e-5).clip(min=M.STD_FLOOR)
+    residual = (y[:, -args.pred_len :].numpy() - y_det) / sigma  # (W, H, N)
+    levels = np.linspace(0, 1, M.MARGINAL_LEVELS)
+    expected = np.quantile(residual.transpose(0, 2, 1), levels, axis=0)  # (K, N, H)
+    table = final["model"]["marginal_table"].numpy()
+    np.testing.assert_allclose(table, expected, atol=3e-3)
+    assert final["args"]["marginal"] == "empirical"
+
+
+def test_a_checkpoint_from_before_an_argument_existed_was_built_with_its_default(
+    two_stages, tmp_path
+):
+    """An architecture argument missing from a checkpoint's arguments compares as the
+    parser's default: --cond_forecast (default 1, used 1) loads; --marginal (default none,
+    used empirical) is refused with both values named."""
+    from argparse import Namespace
+
+    import torch
+
+    from exp.exp_basic import CheckpointError
+    from exp.exp_diffusion_forecast import Exp_Diffusion_Forecast
+
+    final = two_stages[1]
+    exp = Exp_Diffusion_Forecast(Namespace(**final["args"]))
+    for dropped, loads in (("cond_forecast", True), ("marginal", False)):
+        args = {k: v for k, v in final["args"].items() if k != dropped}
+        path = tmp_path / f"without_{dropped}.pth"
+        torch.save({**final, "args": args}, path)
+        if loads:
+            exp.load_checkpoint(str(path))
+        else:
+            with pytest.raises(CheckpointError, match="'none' in the checkpoint vs 'empirical'"):
+                exp.load_checkpoint(str(path))
 
 
 def test_sampling_benchmark_runs_on_a_checkpoint(workdir, repo_root):

@@ -38,12 +38,12 @@ def _benchmark_module():
 looped_sampler = _benchmark_module().looped_sampler
 
 
-def _model(name: str = "iTransformerDiffusion", pred_len: int = H):
+def _model(name: str = "iTransformerDiffusion", pred_len: int = H, marginal: str = "none"):
     parser = build_parser()
     argv = (
         f"--task_name diffusion_forecast --model {name} --seq_len {L} --label_len 16 "
         f"--pred_len {pred_len} --d_model 16 --d_ff 16 --n_heads 2 --e_layers 1 --cond_dim 16 "
-        "--unet_channels 16,32 --diffusion_steps 100"
+        f"--unet_channels 16,32 --diffusion_steps 100 --marginal {marginal}"
     )
     args = parser.parse_args(argv.split())
     check_args(parser, args)
@@ -53,6 +53,8 @@ def _model(name: str = "iTransformerDiffusion", pred_len: int = H):
     with torch.no_grad():  # FiLM and the attention start at the identity: make them matter
         for p in model.denoiser.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    if model.marginal == "empirical":  # a heavy-tailed table, as training would fit
+        model.fit_marginal(torch.distributions.Laplace(0.0, 0.7).sample((500, N, pred_len)))
     return model.eval()
 
 
@@ -63,13 +65,17 @@ def _inputs():
     return x, x_mark
 
 
-@pytest.mark.parametrize("name", ["iTransformerDiffusion", "iTransformerDiffusionDirect"])
+@pytest.mark.parametrize(
+    "name, marginal",
+    [("iTransformerDiffusion", "none"), ("iTransformerDiffusion", "empirical"),
+     ("iTransformerDiffusionDirect", "none")],
+)  # fmt: skip
 @pytest.mark.parametrize("per_chunk", [5, S])
-def test_predict_equals_the_looped_sampler(name, per_chunk):
+def test_predict_equals_the_looped_sampler(name, marginal, per_chunk):
     """The same seed → the same samples as the looped sampler, however predict chunks the
     S·B trajectories (uneven chunks, one chunk of all): both draw sample s's initial noise as
     the generator's s-th (B, N, H) draw."""
-    model = _model(name)
+    model = _model(name, marginal=marginal)
     x, x_mark = _inputs()
     mean, std, samples = model.predict(
         x, x_mark, n_samples=S, sampler="ddim", steps=STEPS,
