@@ -40,6 +40,7 @@ from exp.calibration import (
 from exp.evaluation import PROB_METRICS, Evaluation, format_table
 from exp.exp_basic import CheckpointError, Exp_Basic, TrainingLoopMixin, read_checkpoint
 from exp.forecast import forecast_table, plot_forecast
+from models.iTransformerDiffusion import diffusion_normalizer
 from utils import distributed
 from utils.args import bounds_text
 from utils.tools import (
@@ -94,8 +95,8 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
                 self._stage1(setting, train_loader, vali_loader, resume)
             self.stage1_head = copy.deepcopy(model.backbone.projection)
             self.baseline_fit = self._fit_baselines(vali_loader)
-            if model.marginal != "none" or model.scale_floor is not None:
-                self._fit_target(train_data)
+            if model.marginal != "none":
+                self._fit_marginal(train_data)
             resume = None
         if self.args.stage2_epochs > 0:
             self._stage2(setting, train_loader, vali_loader, resume)
@@ -244,7 +245,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
                 y_det, z, norm = model.backbone_forward(x, x_mark)
                 # weighted by the windows' variance: the error in the data's units, so that the
                 # windows with the smallest σ (flat lookbacks, floored) do not swamp the score
-                sigma = model.normalizer(norm).stdev  # (B, 1, N), as the target is scaled
+                sigma = diffusion_normalizer(norm).stdev  # (B, 1, N), as the target is scaled
                 weight = sigma.permute(0, 2, 1).float() ** 2  # (B, N, 1)
                 loss = model.diffusion_loss(
                     y, y_det, z, norm, generator=generator, window_weight=weight
@@ -266,23 +267,18 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         return baselines.fit(torch.cat(residuals), torch.cat(scales))
 
     @torch.no_grad()
-    def _fit_target(self, data, windows: int = 8192) -> None:
-        """The diffused target's σ floor and marginal table, from the stage-1 backbone on up
-        to ``windows`` evenly spaced training windows."""
+    def _fit_marginal(self, data, windows: int = 8192) -> None:
+        """The model's marginal table, from the stage-1 backbone's residuals on up to
+        ``windows`` evenly spaced training windows."""
         model = self.unwrapped_model().eval()
         picks = np.unique(np.linspace(0, len(data) - 1, min(windows, len(data))).round())
         subset = torch.utils.data.Subset(data, picks.astype(int).tolist())
-        outputs = []
+        targets = []
         for batch in torch.utils.data.DataLoader(subset, batch_size=256):
             x, y, x_mark, _ = self._to_device(batch)
             y_det, _, norm = model.backbone_forward(x, x_mark)
-            outputs.append((y[:, -self.args.pred_len :], y_det, norm))
-        if model.scale_floor is not None:
-            model.fit_scale_floor(torch.cat([norm.stdev for _, _, norm in outputs]))
-            log.info("Scale floor of the diffused residual: %s",
-                     np.array2string(model.std_floor.cpu().numpy(), precision=3))  # fmt: skip
-        if model.marginal != "none":
-            model.fit_marginal(torch.cat([model.normalised_target(*o) for o in outputs]).cpu())
+            targets.append(model.normalised_target(y[:, -self.args.pred_len :], y_det, norm))
+        model.fit_marginal(torch.cat(targets).cpu())
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _save(self, path: str, **meta) -> None:

@@ -46,7 +46,7 @@ from utils.tools import CompiledOrEager
 # Arguments (beyond the backbone's) that decide this model's shapes or meaning.
 ARCH_ARGS = (
     "diffusion_steps", "beta_schedule", "parameterization", "cond_dim", "unet_channels",
-    "cond_forecast", "marginal", "scale_floor",
+    "cond_forecast", "marginal",
 )  # fmt: skip
 
 STAGES = ("warmup", "joint")
@@ -63,12 +63,10 @@ MARGINAL_LEVELS = 201
 MARGINAL_EPS = 1e-4
 
 
-def diffusion_normalizer(norm: iTransformer.Normalizer, floor=STD_FLOOR) -> iTransformer.Normalizer:
-    """The backbone's instance normaliser with σ floored at ``floor`` (a number or one per
-    variate, (N,)), for the diffusion."""
+def diffusion_normalizer(norm: iTransformer.Normalizer) -> iTransformer.Normalizer:
+    """The backbone's instance normaliser with σ floored at ``STD_FLOOR``, for the diffusion."""
     out = copy.copy(norm)
-    out.stdev = torch.maximum(norm.stdev, torch.as_tensor(floor, dtype=norm.stdev.dtype,
-                                                          device=norm.stdev.device))  # fmt: skip
+    out.stdev = norm.stdev.clamp_min(STD_FLOOR)
     return out
 
 
@@ -145,9 +143,6 @@ class Model(nn.Module):
         # (T,) float64 on the CPU, derived from the arguments (so not part of the state dict).
         self.alpha_bar = make_alpha_bar(configs.beta_schedule, configs.diffusion_steps)
         self.marginal = getattr(configs, "marginal", None) or "none"
-        self.scale_floor = getattr(configs, "scale_floor", None)
-        if self.scale_floor is not None:  # σ floor per variate, set by fit_scale_floor
-            self.register_buffer("std_floor", torch.full((configs.enc_in,), STD_FLOOR))
         if self.marginal == "empirical":  # quantiles (K, N, H) of the target, set by fit_marginal
             self.register_buffer(
                 "marginal_table", torch.zeros(MARGINAL_LEVELS, configs.enc_in, configs.pred_len)
@@ -159,21 +154,9 @@ class Model(nn.Module):
         """→ y_det (B, H, N) in input units, z (B, N, d_model), the window's Normalizer."""
         return self.backbone.backbone_forward(x_enc, x_mark_enc)
 
-    def normalizer(self, norm):
-        """The window's normaliser for the diffusion: σ floored (``diffusion_normalizer``)."""
-        floor = self.std_floor if self.scale_floor is not None else STD_FLOOR
-        return diffusion_normalizer(norm, floor)
-
-    @torch.no_grad()
-    def fit_scale_floor(self, stdev: Tensor) -> None:
-        """Per variate, the ``--scale_floor`` quantile of the lookback σ (W, 1, N) of training
-        windows (at least ``STD_FLOOR``)."""
-        q = torch.quantile(stdev[:, 0].double().cpu(), self.scale_floor, dim=0)
-        self.std_floor.copy_(q.clamp_min(STD_FLOOR))
-
     def normalised_target(self, y: Tensor, y_det: Tensor, norm) -> Tensor:
         """The residual (or target) in instance-normalised units (σ floored), (B, N, H)."""
-        norm = self.normalizer(norm)
+        norm = diffusion_normalizer(norm)
         x0 = norm.normalize(y)
         if self.residual:
             x0 = x0 - norm.normalize(y_det.detach())
@@ -204,7 +187,7 @@ class Model(nn.Module):
 
     def from_diffusion(self, x0: Tensor, y_det: Tensor, norm) -> Tensor:
         """Inverse of ``diffusion_target``: (R, B, N, H) → forecasts (R, B, H, N) in input units."""
-        norm = self.normalizer(norm)
+        norm = diffusion_normalizer(norm)
         if self.marginal == "empirical":
             x0 = from_gaussian(x0, self._table())
         x = x0.permute(0, 1, 3, 2)  # (R, B, H, N)
@@ -216,7 +199,7 @@ class Model(nn.Module):
         """The normalised point forecast as extra denoiser input, (B, N, H), or None."""
         if not self.cond_forecast:
             return None
-        return self.normalizer(norm).normalize(y_det.detach()).permute(0, 2, 1)
+        return diffusion_normalizer(norm).normalize(y_det.detach()).permute(0, 2, 1)
 
     # ---- training ----------------------------------------------------------------------------
     def loss(self, x_enc: Tensor, x_mark_enc: Tensor | None, y: Tensor, stage: str):

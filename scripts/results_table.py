@@ -1,4 +1,4 @@
-"""The README's results table: the diffusion models and every baseline on ETTh1, ETTh2, ETTm1,
+r"""The README's results table: the diffusion models and every baseline on ETTh1, ETTh2, ETTm1,
 ETTm2, Weather and Exchange at horizon 96 and ILI at 24, with marginal and joint scores, and
 for each dataset the better diffusion model against the best baseline with a 95% interval.
 
@@ -6,7 +6,8 @@ for each dataset the better diffusion model against the best baseline with a 95%
     python scripts/results_table.py                       # full protocol (GPU): full-size denoiser
     python scripts/results_table.py --cpu --models iTransformerDiffusion --datasets ETTh1 ETTh2
     python scripts/results_table.py --cpu --no_run        # tables from the runs already there
-    python scripts/results_table.py --cpu --out results_copula --run_flags "--marginal empirical"
+    python scripts/results_table.py --cpu --out results_table/copula \
+        --run_flags "--marginal empirical"                # more run.py flags for every run
 
 Runs go to ``--out`` (default ./results_table/, git-ignored); a run whose metrics.json exists is
 reused unless ``--rerun``. "Best baseline" is chosen per dataset among the lookback-scaled

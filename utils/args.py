@@ -276,13 +276,6 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
         help="empirical: diffuse the target mapped to N(0, 1) through its training quantiles "
         "per (variate, step), and map samples back (a Gaussian copula); none: as is",
     )
-    p.add_argument(
-        "--scale_floor",
-        type=float,
-        default=None,
-        help="floor the lookback σ that scales the diffused residual, per variate, at this "
-        "quantile of the training windows' lookback σ (default: a fixed 0.1)",
-    )
     p.add_argument("--stage1_epochs", type=int, default=30, help="backbone warm-up epochs")
     p.add_argument("--stage2_epochs", type=int, default=20, help="joint diffusion epochs")
     p.add_argument("--stage1_lr", type=float, default=1e-4, help="AdamW lr, stage 1")
