@@ -143,7 +143,6 @@ class Model(nn.Module):
         # (T,) float64 on the CPU, derived from the arguments (so not part of the state dict).
         self.alpha_bar = make_alpha_bar(configs.beta_schedule, configs.diffusion_steps)
         self.marginal = getattr(configs, "marginal", None) or "none"
-        self.min_snr = getattr(configs, "min_snr", 0.0) or 0.0
         if self.marginal == "empirical":  # quantiles (K, N, H) of the target, set by fit_marginal
             self.register_buffer(
                 "marginal_table", torch.zeros(MARGINAL_LEVELS, configs.enc_in, configs.pred_len)
@@ -231,11 +230,6 @@ class Model(nn.Module):
         cond = self.denoiser.encode_condition(z, extra=self._extra(y_det, norm))
         out = self.denoiser(x_t, t, cond).float()
         a_t = alpha_bar_at(self.alpha_bar, t, x0)
-        if self.min_snr:  # Min-SNR-γ (Hang et al. 2023): x0 error weighted by min(SNR, γ)
-            snr = a_t / (1 - a_t)
-            per_x0 = {"v": snr + 1, "eps": snr, "x0": torch.ones_like(snr)}[self.parameterization]
-            w = snr.clamp_max(self.min_snr) / per_x0  # (B, 1, 1)
-            window_weight = w if window_weight is None else window_weight * w
         return diffusion_loss(out, x0, noise, a_t, self.parameterization, window_weight)
 
     def forward(self, x_enc, x_mark_enc=None, x_dec=None, x_mark_dec=None, *, y=None, stage=None):

@@ -276,12 +276,6 @@ def add_diffusion_args(p: argparse._ArgumentGroup) -> None:
         help="empirical: diffuse the target mapped to N(0, 1) through its training quantiles "
         "per (variate, step), and map samples back (a Gaussian copula); none: as is",
     )
-    p.add_argument(
-        "--min_snr",
-        type=float,
-        default=0.0,
-        help="γ of Min-SNR-γ loss weighting (each step's x0 error weighted by min(SNR, γ)); 0: off",
-    )
     p.add_argument("--stage1_epochs", type=int, default=30, help="backbone warm-up epochs")
     p.add_argument("--stage2_epochs", type=int, default=20, help="joint diffusion epochs")
     p.add_argument("--stage1_lr", type=float, default=1e-4, help="AdamW lr, stage 1")
