@@ -12,7 +12,9 @@ statistics):
 The lookback σ is floored per variate at a quantile of the validation windows' lookback σ (the
 one of ``FLOOR_QUANTILES`` whose scaled Gaussian has the lowest validation CRPS): a window whose
 lookback is flat in a variate would otherwise get a near-zero spread, and its residual would
-inflate c for all the others. Each
+inflate c for all the others. The candidates run up to the maximum (quantile 1): a variate
+whose lookback is flat in most windows (rain, a sensor that is mostly off) needs a floor above
+its median, and at the maximum nearly every window gets the same σ (the unscaled Gaussian). Each
 baseline is scored as an ensemble of the model's sample count, drawn per point from stratified
 levels in random order (every point's ensemble spans its distribution evenly; points are
 independent), so every method goes through the same scoring code.
@@ -27,7 +29,7 @@ from utils import baselines as stats
 from utils.metrics import crps_ensemble, crps_gaussian
 
 NAMES = ("itransformer", "itransformer_gaussian", "scaled_gaussian", "residual_quantiles")
-FLOOR_QUANTILES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+FLOOR_QUANTILES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 
 
 def fit_scale_floor(residuals: Tensor, scales: Tensor) -> Tensor:

@@ -94,7 +94,6 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             if self.args.stage1_epochs > 0:
                 self._stage1(setting, train_loader, vali_loader, resume)
             self.stage1_head = copy.deepcopy(model.backbone.projection)
-            self.baseline_fit = self._fit_baselines(vali_loader)
             if model.marginal != "none":
                 self._fit_marginal(train_data)
             resume = None
@@ -200,7 +199,6 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             training={**states, "ema": self.ema.state_dict() if self.ema else None},
             rng=rng_state(),
             stage1_head=self.stage1_head.state_dict(),
-            baseline_fit=self.baseline_fit,
             data=self.data_meta,
         )
 
@@ -255,16 +253,23 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
 
     @torch.no_grad()
     def _fit_baselines(self, loader) -> dict[str, Tensor]:
-        """The baselines' parameters from the stage-1 backbone's validation residuals."""
+        """The baselines' parameters from the stage-1 backbone's residuals on ``loader``."""
         self.model.eval()
         model = self.unwrapped_model()
         residuals, scales = [], []
         for batch in loader:
             x, y, x_mark, _ = self._to_device(batch)
-            y_det, _, norm = model.backbone_forward(x, x_mark)
-            residuals.append((y[:, -self.args.pred_len :] - y_det.float()).cpu())
+            _, z, norm = model.backbone_forward(x, x_mark)
+            point = self._stage1_point(z, norm)
+            residuals.append((y[:, -self.args.pred_len :] - point).float().cpu())
             scales.append(norm.stdev.float().cpu())
         return baselines.fit(torch.cat(residuals), torch.cat(scales))
+
+    def _stage1_point(self, z: Tensor, norm) -> Tensor:
+        """The stage-1 backbone's point forecast (B, H, N) from the frozen encoder's z: the
+        forecast every baseline is built on (stage 2 goes on training the model's own head)."""
+        self.stage1_head.to(self.device).eval()
+        return norm.denormalize(self.stage1_head(z).permute(0, 2, 1))
 
     @torch.no_grad()
     def _fit_marginal(self, data, windows: int = 8192) -> None:
@@ -286,7 +291,6 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
             self.save_checkpoint(
                 path,
                 stage1_head=self.stage1_head.state_dict(),
-                baseline_fit=self.baseline_fit,
                 calibration=self.calibration,
                 data=self.data_meta,
                 **meta,
@@ -296,7 +300,6 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         state = super().load_checkpoint(path)
         if state.get("stage1_head") is not None:
             self.stage1_head.load_state_dict(state["stage1_head"])
-        self.baseline_fit = state.get("baseline_fit")
         self.calibration = dict(state.get("calibration") or {})
         if self.data_meta is None and state.get("data") is not None:
             self.data_meta = state["data"]
@@ -396,8 +399,7 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         clip_samples(samples, low, high)
         methods = {args.model: (samples, None)}
         if with_baselines:
-            self.stage1_head.to(self.device).eval()
-            point = norm.denormalize(self.stage1_head(z).permute(0, 2, 1))[..., f:]  # (B, H, N')
+            point = self._stage1_point(z, norm)[..., f:]  # (B, H, N')
             scale = norm.stdev[..., f:]  # (B, 1, N')
             # the baselines' own stream: their draws do not depend on the model's sampler
             seed = (args.seed * 1_000_003 + index) ^ 0x5EED
@@ -483,13 +485,14 @@ class Exp_Diffusion_Forecast(TrainingLoopMixin, Exp_Basic):
         data, loader = self._get_data(args.eval_split)
         if test:
             self.load_checkpoint(self.checkpoint_path(setting))
-        if self.baseline_fit is None:
-            raise RuntimeError("the checkpoint has no baseline fit; train stage 1 first")
         had_meta = self.data_meta is not None
         self.use_data(data)
         if not had_meta:  # a checkpoint from before they carried their data: add it
             self._store_in_checkpoint(self.checkpoint_path(setting), data=self.data_meta)
         self.prepare_sampling(setting)
+        # fitted at every evaluation (one backbone pass over validation): always today's recipe
+        self.baseline_fit = self._fit_baselines(self._get_data("val")[1])
+        self._store_in_checkpoint(self.checkpoint_path(setting), baseline_fit=self.baseline_fit)
         evaluation = Evaluation(
             args, data.scaler, len(data), self.results_dir(setting), args.model,
             baselines.NAMES, self.is_main,

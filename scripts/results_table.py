@@ -6,6 +6,7 @@ for each dataset the better diffusion model against the best baseline with a 95%
     python scripts/results_table.py                       # full protocol (GPU): full-size denoiser
     python scripts/results_table.py --cpu --models iTransformerDiffusion --datasets ETTh1 ETTh2
     python scripts/results_table.py --cpu --no_run        # tables from the runs already there
+    python scripts/results_table.py --cpu --evaluate      # re-evaluate their checkpoints
     python scripts/results_table.py --cpu --out results_table/copula \
         --run_flags "--marginal empirical"                # more run.py flags for every run
 
@@ -64,6 +65,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--rerun", action="store_true", help="redo runs that exist")
     p.add_argument("--no_run", action="store_true", help="only print the tables")
     p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="re-evaluate the trained checkpoints (run.py --is_training 0): new scores and "
+        "baselines without training again",
+    )
+    p.add_argument(
         "--run_flags",
         default="",
         help='more run.py flags for every run, e.g. "--marginal '
@@ -87,8 +94,9 @@ def run_folder(opts, model: str, name: str) -> str | None:
 
 def run(opts, model: str, name: str) -> None:
     data, root, file, seq, label, horizon = RUNS[name]
+    training = "0" if opts.evaluate else "1"
     argv = [sys.executable, "-u", os.path.join(REPO, "run.py"),
-            "--task_name", "diffusion_forecast", "--is_training", "1", "--model", model,
+            "--task_name", "diffusion_forecast", "--is_training", training, "--model", model,
             "--data", data, "--root_path", os.path.join(REPO, "dataset", root),
             "--data_path", file, "--features", "M", "--seq_len", str(seq),
             "--label_len", str(label), "--pred_len", str(horizon),
@@ -152,7 +160,8 @@ def main() -> None:
     if not opts.no_run:
         for model in opts.models:
             for name in opts.datasets:
-                if opts.rerun or run_folder(opts, model, name) is None:
+                exists = run_folder(opts, model, name) is not None
+                if (opts.evaluate and exists) or (not opts.evaluate and (opts.rerun or not exists)):
                     run(opts, model, name)
     results = {}
     for name in opts.datasets:

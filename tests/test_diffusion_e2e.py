@@ -91,14 +91,21 @@ def test_train_evaluate_and_reevaluate(workdir, model):
     assert metrics["crps"] == saved["crps"]
 
     # test-only re-evaluation with another sampler appends a block and rewrites metrics.json
+    import torch
+
+    (ckpt,) = [p for p in (workdir / "checkpoints").glob(f"*_{model}_*/checkpoint.pth")]
+    state = torch.load(ckpt, weights_only=False)
+    state["baseline_fit"]["c"] *= 10  # a stale fit, as from an older recipe
+    torch.save(state, ckpt)
     log_path = workdir / "result_diffusion_forecast.txt"
     blocks_before = log_path.read_text().count("sampler:")
     again = run.main(argv(workdir, model, "--is_training", "0", "--sampler", "ddpm",
                           "--sampling_steps", "50"))  # fmt: skip
     assert again["sampler"] == "ddpm" and again["sampling_steps"] == 50
     assert log_path.read_text().count("sampler:") == blocks_before + 1
-    # the baselines come from the checkpoint and draw from their own seeded streams, so they
-    # are identical across re-evaluations at the same sample count, whatever the sampler
+    # the baselines are refitted at every evaluation (a stale fit in the checkpoint is replaced)
+    # and draw from their own seeded streams, so they are identical across re-evaluations at
+    # the same sample count, whatever the sampler
     assert again["baselines"] == saved["baselines"]
 
 
@@ -162,10 +169,9 @@ def test_stage2_keeps_the_encoder_and_trains_head_and_denoiser(two_stages):
         assert changed == should_change, prefix
 
 
-def test_the_marginal_table_holds_the_quantiles_of_the_stage1_training_residuals(two_stages):
-    """Before stage 2 the model's marginal table is fitted on every training window's residual
-    y − y_det of the stage-1 backbone, divided by the lookback σ (floored at 0.1): here computed
-    from the data set and the stage-1 weights, with numpy's quantiles."""
+def _stage1_forecasts(stage1: dict, split: str):
+    """The stage-1 checkpoint's lookbacks x (W, L, N), targets y (W, H, N) and point forecasts
+    y_det (W, H, N) on every window of ``split``, as numpy arrays."""
     from argparse import Namespace
 
     import torch
@@ -173,24 +179,45 @@ def test_the_marginal_table_holds_the_quantiles_of_the_stage1_training_residuals
     from data_provider.data_factory import data_provider
     from models import iTransformerDiffusion as M
 
-    stage1, final = two_stages
     args = Namespace(**stage1["args"])
     model = M.Model(args)
     model.load_state_dict(stage1["model"])
     model.eval()
-    data, _ = data_provider(args, "train")
-    x = torch.stack([torch.as_tensor(data[i][0]) for i in range(len(data))]).float()
-    y = torch.stack([torch.as_tensor(data[i][1]) for i in range(len(data))]).float()
-    x_mark = torch.stack([torch.as_tensor(data[i][2]) for i in range(len(data))]).float()
+    data, _ = data_provider(args, split)
+    x, y, x_mark = (
+        torch.stack([torch.as_tensor(data[i][k]) for i in range(len(data))]).float()
+        for k in range(3)
+    )
     with torch.no_grad():
         y_det = model.backbone_forward(x, x_mark)[0].numpy()
-    sigma = np.sqrt(x.numpy().var(1, keepdims=True) + 1e-5).clip(min=M.STD_FLOOR)
-    residual = (y[:, -args.pred_len :].numpy() - y_det) / sigma  # (W, H, N)
+    return x.numpy(), y[:, -args.pred_len :].numpy(), y_det
+
+
+def test_the_marginal_table_holds_the_quantiles_of_the_stage1_training_residuals(two_stages):
+    """Before stage 2 the model's marginal table is fitted on every training window's residual
+    y − y_det of the stage-1 backbone, divided by the lookback σ (floored at 0.1): here computed
+    from the data set and the stage-1 weights, with numpy's quantiles."""
+    from models import iTransformerDiffusion as M
+
+    stage1, final = two_stages
+    x, y, y_det = _stage1_forecasts(stage1, "train")
+    sigma = np.sqrt(x.var(1, keepdims=True) + 1e-5).clip(min=M.STD_FLOOR)
+    residual = (y - y_det) / sigma  # (W, H, N)
     levels = np.linspace(0, 1, M.MARGINAL_LEVELS)
     expected = np.quantile(residual.transpose(0, 2, 1), levels, axis=0)  # (K, N, H)
     table = final["model"]["marginal_table"].numpy()
     np.testing.assert_allclose(table, expected, atol=3e-3)
     assert final["args"]["marginal"] == "empirical"
+
+
+def test_the_baselines_are_fitted_on_the_stage1_validation_residuals(two_stages):
+    """The evaluation's baselines are built on the stage-1 forecast (whose head stage 2 goes on
+    training): the stored Gaussian σ is the RMSE per (step, variate) of the stage-1 backbone's
+    validation residuals, recomputed here from the data set with numpy."""
+    stage1, final = two_stages
+    _, y, y_det = _stage1_forecasts(stage1, "val")
+    rmse = np.sqrt(((y - y_det) ** 2).mean(0))  # (H, N)
+    np.testing.assert_allclose(final["baseline_fit"]["sigma"].numpy(), rmse, rtol=1e-4)
 
 
 def test_a_checkpoint_from_before_an_argument_existed_was_built_with_its_default(

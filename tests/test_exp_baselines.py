@@ -82,3 +82,23 @@ def test_validation_crps_ranks_the_baselines(validation):
     scores = dict(zip(baselines.NAMES, baselines.fit(residuals, scales)["val_crps"].tolist()))
     assert scores["scaled_gaussian"] < scores["itransformer_gaussian"] < scores["itransformer"]
     assert scores["residual_quantiles"] < scores["itransformer_gaussian"]
+
+
+def test_a_mostly_flat_variate_gets_a_floor_above_its_median():
+    """A variate whose lookback is flat in 80% of windows (rain) while its residual does not
+    depend on the lookback: the floor must rise above the median σ (else c ≈ 1/√1e-5 inflates
+    every active window's spread ~300 times); the fitted σ is then close to the residual's 1 and
+    the scaled Gaussian scores like the unscaled one on validation."""
+    rng = np.random.default_rng(3)
+    scales = np.full((W, 1, 1), np.sqrt(1e-5))
+    active = rng.random(W) < 0.2
+    scales[active, 0, 0] = np.exp(rng.uniform(np.log(0.5), np.log(2.0), size=active.sum()))
+    residuals = rng.standard_normal((W, H, 1))
+    params = baselines.fit(torch.tensor(residuals), torch.tensor(scales))
+    floor = params["scale_floor"].item()
+    assert floor > np.median(scales) * 10
+    sigma = params["c"].numpy() * np.maximum(scales, floor)  # (W, H, 1)
+    assert sigma.min() > 0.5 and sigma.max() < 2.0
+    scores = dict(zip(baselines.NAMES, params["val_crps"].tolist()))
+    assert scores["scaled_gaussian"] < 1.05 * scores["itransformer_gaussian"]
+    assert scores["residual_quantiles"] < 1.05 * scores["itransformer_gaussian"]
